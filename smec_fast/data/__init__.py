@@ -1,0 +1,106 @@
+"""Datasets of the trainer: the embedded synthetic faces, RAF-DB and class-folder datasets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from smec_fast.config import TrainConfig
+from smec_fast.errors import ConfigError
+
+from .folder import load_folder
+from .loader import SplitLoader, decode_image_file, normalize, random_hflip
+from .noise import NoiseReport, labels_from_file, read_label_file, symmetric_noise, write_label_file
+from .rafdb import load_rafdb
+from .split import ImageSplit, random_subset_index
+from .synthetic import synthetic_split
+
+log = logging.getLogger(__name__)
+
+# Subsets (--max-train-samples, --max-test-samples, --val-fraction) use this fixed seed, so that runs with
+# different training seeds and methods see the same images.
+SUBSET_SEED = 0
+# The embedded dataset is the same for every run, like a dataset on disk.
+SYNTHETIC_SEED = 0
+
+
+@dataclass
+class FerData:
+    """The splits a run uses, with the noise applied to the training labels."""
+
+    train: ImageSplit
+    test: ImageSplit
+    val: ImageSplit | None
+    noise: NoiseReport
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.train.class_names
+
+
+def load_split(cfg: TrainConfig, split: str) -> ImageSplit:
+    """The full `train` or `test` split of the configured dataset."""
+    if cfg.dataset == "synthetic":
+        total = cfg.synthetic_train_size if split == "train" else cfg.synthetic_test_size
+        return synthetic_split(split, total, cfg.image_size, SYNTHETIC_SEED)
+    if cfg.dataset == "rafdb":
+        return load_rafdb(cfg.data, split)
+    if cfg.dataset == "folder":
+        return load_folder(cfg.data, split)
+    raise ConfigError(f"unknown dataset {cfg.dataset!r}")
+
+
+def build_data(cfg: TrainConfig) -> FerData:
+    """Load the splits, cap their size, apply label noise and hold out a validation part if asked."""
+    train = load_split(cfg, "train")
+    test = load_split(cfg, "test")
+    if train.class_names != test.class_names:
+        raise ConfigError(f"train and test splits have different classes: {train.class_names} vs {test.class_names}")
+    if cfg.max_train_samples:
+        train = train.subset(random_subset_index(len(train), cfg.max_train_samples, SUBSET_SEED))
+    if cfg.max_test_samples:
+        test = test.subset(random_subset_index(len(test), cfg.max_test_samples, SUBSET_SEED + 1))
+
+    k = train.num_classes
+    if cfg.noise_file:
+        labels, noise = labels_from_file(train.names, train.clean_labels, cfg.noise_file, k)
+    elif cfg.noise_rate > 0:
+        labels = symmetric_noise(train.clean_labels, cfg.noise_rate, k, cfg.effective_noise_seed)
+        noise = NoiseReport(source="symmetric", changed=int((labels != train.clean_labels).sum()), total=len(train))
+    else:
+        labels = train.clean_labels
+        noise = NoiseReport(source="none", changed=0, total=len(train))
+    train = train.with_labels(labels)
+
+    val = None
+    if cfg.val_fraction > 0:
+        generator = torch.Generator().manual_seed(SUBSET_SEED + 2)
+        order = torch.randperm(len(train), generator=generator)
+        n_val = max(1, round(cfg.val_fraction * len(train)))
+        val = train.subset(order[:n_val].sort().values)
+        train = train.subset(order[n_val:].sort().values)
+    if len(train) < 2:
+        raise ConfigError(f"the training split has {len(train)} image(s); at least 2 are needed")
+    return FerData(train=train, test=test, val=val, noise=noise)
+
+
+__all__ = [
+    "FerData",
+    "ImageSplit",
+    "NoiseReport",
+    "SplitLoader",
+    "build_data",
+    "decode_image_file",
+    "labels_from_file",
+    "load_folder",
+    "load_rafdb",
+    "load_split",
+    "normalize",
+    "random_hflip",
+    "read_label_file",
+    "symmetric_noise",
+    "synthetic_split",
+    "write_label_file",
+]

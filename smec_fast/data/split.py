@@ -1,0 +1,70 @@
+"""One split of a labelled image dataset, whatever its source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class ImageSplit:
+    """Images of one split with their labels.
+
+    Either `paths` (image files, decoded by the loader) or `images` (in memory) is set.
+    `names` identify samples in label and noise files (`train_00001.jpg`); `labels` are the labels trained
+    on (noisy, when noise was applied) and `clean_labels` the labels before any noise.
+    """
+
+    names: list[str]
+    labels: torch.Tensor  # (N,) int64, 0-based class indices
+    class_names: tuple[str, ...]
+    paths: list[Path] | None = None
+    images: torch.Tensor | None = None  # (N, 3, H, W) uint8
+    clean_labels: torch.Tensor | None = None  # (N,) int64; None: same as labels
+
+    def __post_init__(self) -> None:
+        if (self.paths is None) == (self.images is None):
+            raise ValueError("ImageSplit needs exactly one of paths or images")
+        n = len(self.names)
+        if self.labels.shape != (n,) or len(self.paths if self.paths is not None else self.images) != n:
+            raise ValueError("ImageSplit: names, labels and images differ in length")
+        if self.clean_labels is None:
+            self.clean_labels = self.labels.clone()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, index: torch.Tensor) -> "ImageSplit":
+        """The samples at `index` (a 1-D int64 tensor), in that order."""
+        idx = index.tolist()
+        return replace(
+            self,
+            names=[self.names[i] for i in idx],
+            labels=self.labels[index],
+            clean_labels=self.clean_labels[index],
+            paths=None if self.paths is None else [self.paths[i] for i in idx],
+            images=None if self.images is None else self.images[index],
+        )
+
+    def with_labels(self, labels: torch.Tensor) -> "ImageSplit":
+        """The same samples trained on other labels; the clean labels stay."""
+        if labels.shape != self.labels.shape:
+            raise ValueError("with_labels: shape differs")
+        return replace(self, labels=labels)
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+
+def random_subset_index(n: int, k: int, seed: int) -> torch.Tensor:
+    """A seeded choice of min(k, n) of n indices, in ascending order."""
+    if k >= n:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:k].sort().values
