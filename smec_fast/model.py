@@ -1,0 +1,138 @@
+"""The network: torchvision's ResNet-18 returning logits and the layer4 feature map (DESIGN.md step 1)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from smec_fast.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FEATURE_CHANNELS = 512
+
+
+class FerResNet18(ResNet):
+    """ResNet-18 whose forward returns `(logits (B, K), features (B, 512, h, w))`.
+
+    Parameter names are torchvision's (`conv1`, `layer1.0.conv1`, ..., `fc`), so torchvision and
+    MS-Celeb-1M ResNet-18 state dicts load as they are. `fc.weight` is the CAM weight W of eq. 1.
+    """
+
+    def __init__(self, num_classes: int = 7):
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.num_classes = num_classes
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, h, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.features(x)  # (B, 512, h, w)
+        logits = self.fc(torch.flatten(self.avgpool(feat), 1))  # (B, K)
+        return logits, feat
+
+    @property
+    def cam_weight(self) -> torch.Tensor:
+        return self.fc.weight  # (K, 512)
+
+
+# Layouts seen in public FER code: SCN/RUL wrap `resnet.children()[:-2]` in `features` (nn.Sequential),
+# so `features.4` is `layer1`; DataParallel adds `module.`.
+_SEQUENTIAL_CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did with each key."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # model keys the file did not provide
+    unexpected: list[str] = field(default_factory=list)  # file keys the model does not have
+    shape_mismatch: list[str] = field(default_factory=list)  # e.g. an fc for another number of classes
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing (kept initialised: {_short(self.missing)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected (ignored: {_short(self.unexpected)})")
+        if self.shape_mismatch:
+            parts.append(f"{len(self.shape_mismatch)} of another shape (kept initialised: {_short(self.shape_mismatch)})")
+        return "; ".join(parts)
+
+
+def _short(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def read_weight_file(path: str | Path) -> dict:
+    """torch.load a weight or checkpoint file safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch weight file ({first})") from None
+
+
+def extract_state_dict(obj, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a state dict or a checkpoint holding one."""
+    if isinstance(obj, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict):
+                return extract_state_dict(obj[key], path)
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError(f"{path}: holds no state dict (expected tensors, or a checkpoint with one of the "
+                          f"keys {', '.join(_STATE_DICT_KEYS)})")
+
+
+def _canonical_key(key: str) -> str:
+    for prefix in ("module.", "backbone.", "model."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    if key.startswith("features."):
+        head, _, rest = key[len("features."):].partition(".")
+        if head in _SEQUENTIAL_CHILDREN:
+            key = f"{_SEQUENTIAL_CHILDREN[head]}.{rest}"
+    return key
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load matching tensors of a state dict (or a checkpoint holding one) into `model`.
+
+    Keys are matched after removing `module.`/`backbone.`/`model.` prefixes and mapping SCN's
+    `features.N` layout. Tensors of another shape (an fc for 12k identities, say) are skipped and reported.
+    A file that matches no parameter at all is refused.
+    """
+    source = extract_state_dict(read_weight_file(path), path)
+    own = model.state_dict()
+    report = LoadReport()
+    update = {}
+    for raw_key, tensor in source.items():
+        key = _canonical_key(raw_key)
+        if key not in own:
+            report.unexpected.append(raw_key)
+        elif own[key].shape != tensor.shape:
+            report.shape_mismatch.append(key)
+        else:
+            update[key] = tensor
+            report.loaded.append(key)
+    if not any(k in update for k, v in own.items() if v.is_floating_point()):
+        raise CheckpointError(f"{path}: none of its {len(source)} tensors matches a parameter of "
+                              f"{type(model).__name__} (first key: {next(iter(source), 'none')})")
+    report.missing = [k for k in own if k not in update]
+    model.load_state_dict(update, strict=False)
+    log.info("pretrained weights %s: %s", path, report.summary())
+    return report
