@@ -1,0 +1,288 @@
+"""The training loop: train, evaluate every epoch, log, checkpoint atomically, resume.
+
+Files a run writes under `cfg.out`:
+    config.json     the resolved configuration
+    train_labels.txt the training labels used (EAC format; noisy when noise was applied)
+    log.csv         one row per epoch
+    checkpoint.pt   everything needed to resume, rewritten atomically after every epoch
+    metrics.json    the results contract (written once, when the run completes)
+
+Every epoch's data order and flips derive from (seed, epoch), so a run resumed from its last checkpoint
+repeats exactly the epochs an uninterrupted run would have trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import smec_fast
+from smec_fast.config import TrainConfig, config_from_dict
+from smec_fast.data import FerData, SplitLoader, build_data, write_label_file
+from smec_fast.errors import CheckpointError, ConfigError, SmecFastError
+from smec_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from smec_fast.methods import build_method, resolve_lambda_con
+from smec_fast.metrics import confusion_matrix, summarize
+from smec_fast.model import FerResNet18, load_pretrained
+from smec_fast.split_merge import check_grid
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
+# Options that may change when a run is resumed; any other difference is refused.
+RESUMABLE_CHANGES = {"out", "resume", "progress", "num_workers", "device", "epochs"}
+LOG_INTERVAL = 20  # steps between progress-bar updates (each reads the loss back from the device)
+
+
+class TrainingDiverged(SmecFastError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def autocast_context(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA; fp32 on CPU (bf16 is an order of magnitude slower there)."""
+    if device.type != "cuda" or amp == "off":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: SplitLoader, class_names, amp: str = "off") -> dict:
+    """Metrics of `model` on a split (eval mode, no augmentation)."""
+    model.eval()
+    k = len(class_names)
+    cm = torch.zeros(k, k, dtype=torch.long, device=loader.device)
+    for images, labels, _ in loader:
+        with autocast_context(loader.device, amp):
+            logits, _ = model(images)
+        cm += confusion_matrix(logits.argmax(1), labels, k).to(cm.device)
+    return summarize(cm.cpu(), class_names)
+
+
+def train_one_epoch(model, method, optimizer, scaler, loader: SplitLoader, epoch: int, cfg: TrainConfig,
+                    bar: tqdm | None) -> dict[str, float]:
+    """One pass over the training split; returns the mean of each loss part."""
+    model.train()
+    method.train()
+    loader.set_epoch(epoch)
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    steps_per_epoch = len(loader)
+    for images, labels, index in loader:
+        if hasattr(method, "set_progress"):
+            method.set_progress(epoch + steps / steps_per_epoch, cfg.con_warmup_epochs)
+        with autocast_context(loader.device, cfg.amp):
+            loss, parts = method(model, images, labels, index)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        parts = {"loss": loss.detach(), **parts}
+        for name, value in parts.items():
+            sums[name] = sums[name] + value.float() if name in sums else value.float().clone()
+        steps += 1
+        if bar is not None:
+            bar.update(1)
+            if steps % LOG_INTERVAL == 0:  # .item() is a host-device sync point: only at the log interval
+                bar.set_postfix(loss=f"{(sums['loss'] / steps).item():.4f}")
+    if steps == 0:
+        raise ConfigError(f"no training batch: {len(loader.split)} images with --batch-size {cfg.batch_size}")
+    means = {name: (total / steps).item() for name, total in sums.items()}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise TrainingDiverged(f"the training loss became {means['loss']} in epoch {epoch + 1}; "
+                               f"try a lower --lr (now {cfg.lr})")
+    return means
+
+
+def _history_csv(history: list[dict]) -> str:
+    columns: list[str] = []
+    rows = []
+    for entry in history:
+        row = {"epoch": entry["epoch"], "lr": entry["lr"]}
+        row.update({f"train_{k}": v for k, v in entry["train"].items()})
+        for split in ("val", "test"):
+            if entry.get(split):
+                row[f"{split}_accuracy"] = entry[split]["accuracy"]
+                row[f"{split}_balanced_accuracy"] = entry[split]["balanced_accuracy"]
+        row["time_s"] = entry["time_s"]
+        columns += [c for c in row if c not in columns]
+        rows.append(row)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    saved_cfg = config_from_dict(saved).to_dict()
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved_cfg.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(f"cannot resume {path}: the run was started with other options ({detail})")
+
+
+def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: float | None,
+            device: torch.device, seconds: float) -> dict:
+    """The results contract written to metrics.json."""
+    final = history[-1]["test"]
+    best = max(history, key=lambda h: h["test"]["accuracy"])
+    out = {
+        "method": cfg.method,
+        "noise_rate": cfg.noise_rate if not cfg.noise_file else data.noise.rate,
+        "epochs": len(history),
+        "best_accuracy": best["test"]["accuracy"],
+        "best_epoch": best["epoch"],
+        "best_balanced_accuracy": max(h["test"]["balanced_accuracy"] for h in history),
+        "final_accuracy": final["accuracy"],
+        "final_balanced_accuracy": final["balanced_accuracy"],
+        "per_class_accuracy": final["per_class_accuracy"],
+        "confusion_matrix": final["confusion_matrix"],
+        "class_names": list(data.class_names),
+        "dataset": cfg.dataset,
+        "num_train": len(data.train),
+        "num_val": len(data.val) if data.val is not None else 0,
+        "num_test": len(data.test),
+        "noise": data.noise.to_dict(),
+        "lambda_con": lambda_con,
+        "history": history,
+        "config": cfg.to_dict(),
+        "environment": {"smec_fast": smec_fast.__version__, "torch": torch.__version__,
+                        "python": platform.python_version(), "device": str(device)},
+        "train_time_s": seconds,
+    }
+    if data.val is not None:
+        chosen = max(history, key=lambda h: h["val"]["accuracy"])
+        out["selected_epoch"] = chosen["epoch"]
+        out["selected_accuracy"] = chosen["test"]["accuracy"]
+        out["selected_balanced_accuracy"] = chosen["test"]["balanced_accuracy"]
+    return out
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train one run as configured and return its metrics (also written to `cfg.out/metrics.json`)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    checkpoint_path = out / "checkpoint.pt"
+    if not cfg.resume and (checkpoint_path.exists() or (out / "metrics.json").exists()):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    device = resolve_device(cfg.device)
+    if cfg.method == "smec":
+        check_grid(cfg.image_size, cfg.image_size, cfg.grid)
+
+    data = build_data(cfg)
+    k = data.train.num_classes
+    lambda_con = resolve_lambda_con(cfg, data.noise.rate) if cfg.method == "smec" else None
+    torch.manual_seed(cfg.seed)
+    model = FerResNet18(num_classes=k)
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+    model.to(device)
+    method = build_method(cfg, len(data.train), k, data.noise.rate).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp == "fp16")
+
+    history: list[dict] = []
+    start_epoch = 0
+    if cfg.resume and checkpoint_path.exists():
+        state = read_checkpoint(checkpoint_path)
+        _check_resumable(state["config"], cfg, checkpoint_path)
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = state["history"]
+        start_epoch = state["epoch"]
+        log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
+    elif cfg.resume:
+        log.info("%s holds no checkpoint yet; starting a new run", out)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+    write_label_file(out / "train_labels.txt", data.train.names, data.train.labels)
+
+    loader_args = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, device=device,
+                       num_workers=cfg.num_workers)
+    train_loader = SplitLoader(data.train, train=True, seed=cfg.seed, **loader_args)
+    test_loader = SplitLoader(data.test, train=False, **loader_args)
+    val_loader = SplitLoader(data.val, train=False, **loader_args) if data.val is not None else None
+    log.info("%s on %s: %d train / %d test images, %d classes, noise %.1f %% (%s), device %s",
+             cfg.method, cfg.dataset, len(data.train), len(data.test), k, 100 * data.noise.rate,
+             data.noise.source, device)
+
+    started = time.perf_counter() - sum(h["time_s"] for h in history)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                  leave=False, dynamic_ncols=True) as bar:
+            train_stats = train_one_epoch(model, method, optimizer, scaler, train_loader, epoch, cfg,
+                                          bar if cfg.progress else None)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        entry = {"epoch": epoch + 1, "lr": lr, "train": train_stats}
+        if val_loader is not None:
+            entry["val"] = evaluate(model, val_loader, data.class_names, cfg.amp)
+        entry["test"] = evaluate(model, test_loader, data.class_names, cfg.amp)
+        entry["time_s"] = time.perf_counter() - t0
+        history.append(entry)
+        message = (f"epoch {epoch + 1}/{cfg.epochs}  loss {train_stats['loss']:.4f}  "
+                   f"test acc {entry['test']['accuracy']:.2f}  bal {entry['test']['balanced_accuracy']:.2f}  "
+                   f"({entry['time_s']:.1f} s)")
+        tqdm.write(message) if cfg.progress else log.info(message)
+
+        atomic_write_text(out / "log.csv", _history_csv(history))
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch + 1,
+            "config": cfg.to_dict(),
+            "class_names": list(data.class_names),
+            "model": model.state_dict(),
+            "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "history": history,
+        }, checkpoint_path)
+
+    metrics = results(cfg, data, history, lambda_con, device, time.perf_counter() - started)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by `train`, checked for its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file raises many kinds of errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a smec_fast checkpoint")
+    return state
