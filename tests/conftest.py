@@ -1,0 +1,39 @@
+"""Shared fixtures. Tests run on the CPU unless TORCH_DEVICE names another device."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """The shared data folder: $SMEC_SHARED, else ../shared beside the repository, else /work/shared."""
+    for candidate in (os.environ.get("SMEC_SHARED"), REPO.parent / "shared", Path("/work/shared")):
+        if candidate and (Path(candidate) / "data").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("shared data not found: set SMEC_SHARED to the folder holding data/")
+        pytest.skip("shared data not found (set SMEC_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,128 @@
+"""End-to-end runs on the embedded synthetic faces, at sizes that keep the suite quick on a CPU."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from smec_fast.config import resolve_config
+from smec_fast.data import loader as loader_module
+from smec_fast.data.noise import read_label_file
+from smec_fast.errors import ConfigError
+from smec_fast.trainer import read_checkpoint, train
+
+TINY = dict(image_size=32, synthetic_train_size=160, synthetic_test_size=64, batch_size=32, epochs=3,
+            progress=False, num_workers=0)
+
+
+def tiny_config(out, **overrides):
+    return resolve_config(cli_values={**TINY, "out": str(out), **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "smec"
+    metrics = train(tiny_config(out, noise_rate=0.25, val_fraction=0.25))
+    return out, metrics
+
+
+def test_run_writes_the_results_contract(finished_run):
+    out, metrics = finished_run
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    for key in ("method", "noise_rate", "epochs", "best_accuracy", "final_accuracy", "final_balanced_accuracy",
+                "best_balanced_accuracy", "per_class_accuracy", "history", "config"):
+        assert key in on_disk
+    assert on_disk["method"] == "smec" and on_disk["noise_rate"] == 0.25 and on_disk["epochs"] == 3
+    assert on_disk["lambda_con"] == 3.0
+    assert on_disk["best_accuracy"] == max(h["test"]["accuracy"] for h in on_disk["history"])
+    assert on_disk["final_accuracy"] == on_disk["history"][-1]["test"]["accuracy"]
+    assert list(on_disk["per_class_accuracy"]) == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness",
+                                                    "Anger", "Neutral"]
+    assert sum(map(sum, on_disk["confusion_matrix"])) == 64
+    assert json.loads((out / "config.json").read_text()) == on_disk["config"]
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and {"train_cls", "train_con", "test_accuracy"} <= set(rows[0])
+    labels = read_label_file(out / "train_labels.txt", 7)
+    assert (on_disk["num_train"], on_disk["num_val"]) == (120, 40) and len(labels) == 120
+    assert on_disk["noise"]["changed"] == 40  # round(0.25 * 160), before the validation part is held out
+    chosen = max(on_disk["history"], key=lambda h: h["val"]["accuracy"])
+    assert on_disk["selected_epoch"] == chosen["epoch"]
+    assert on_disk["selected_accuracy"] == chosen["test"]["accuracy"]
+
+
+def test_existing_run_is_not_overwritten(finished_run):
+    out, _ = finished_run
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        train(tiny_config(out, noise_rate=0.25, val_fraction=0.25))
+    with pytest.raises(ConfigError, match=r"cannot resume .*lr: 0.001 -> 0.5"):
+        train(tiny_config(out, noise_rate=0.25, val_fraction=0.25, lr=0.5, resume=True))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    full = train(tiny_config(tmp_path / "full", noise_rate=0.25))
+
+    # Interrupt the second epoch after two batches, as a Ctrl-C or a killed job would.
+    original_iter = loader_module.SplitLoader.__iter__
+
+    def interrupted_iter(self):
+        for step, batch in enumerate(original_iter(self)):
+            if self.train and self.epoch == 1 and step == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(loader_module.SplitLoader, "__iter__", interrupted_iter)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path / "cut", noise_rate=0.25))
+    assert read_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    monkeypatch.setattr(loader_module.SplitLoader, "__iter__", original_iter)
+
+    resumed = train(tiny_config(tmp_path / "cut", noise_rate=0.25, resume=True))
+    for key in ("best_accuracy", "final_accuracy", "final_balanced_accuracy", "per_class_accuracy",
+                "confusion_matrix"):
+        assert resumed[key] == full[key], key
+    assert [h["train"] for h in resumed["history"]] == [h["train"] for h in full["history"]]
+    a = read_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert torch.equal(a["method"]["elr.targets"], b["method"]["elr.targets"])
+
+
+def test_short_smec_run_on_embedded_data_beats_chance(tmp_path):
+    # The synthetic preset (64 px, lr 1e-3, lambda_con warm-up) on half the default data, three epochs.
+    metrics = train(resolve_config(cli_values=dict(out=str(tmp_path / "smec"), synthetic_train_size=1000,
+                                                   synthetic_test_size=300, epochs=3, progress=False)))
+    # Chance: 1/7 balanced accuracy; always answering the largest class gives 38.7 % accuracy here.
+    assert metrics["best_accuracy"] > 50.0, metrics["history"]
+    assert metrics["best_balanced_accuracy"] > 25.0, metrics["history"]
+
+
+def test_cli_trains_and_reports(tmp_path):
+    out = tmp_path / "cli"
+    result = subprocess.run(
+        [sys.executable, "-m", "smec_fast", "train", "--out", str(out), "--image-size", "32",
+         "--synthetic-train-size", "64", "--synthetic-test-size", "32", "--epochs", "1", "--batch-size", "16",
+         "--method", "elr", "--progress", "false"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "elr: best accuracy" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["method"] == "elr"
+    again = subprocess.run([sys.executable, "-m", "smec_fast", "train", "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_cli_writes_a_noise_file(tmp_path, shared):
+    out = tmp_path / "noise40.txt"
+    labels = shared / "data" / "rafdb-labels" / "list_patition_label.txt"
+    result = subprocess.run([sys.executable, "-m", "smec_fast", "noise", "--labels", str(labels), "--rate", "0.4",
+                             "--seed", "1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    noisy, clean = read_label_file(out, 7), read_label_file(labels, 7)
+    assert len(noisy) == 12271
+    assert sum(noisy[name] != clean[name] for name in noisy) == round(0.4 * 12271)
