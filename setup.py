@@ -26,7 +26,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark"],
+        "export": ["onnx", "onnxscript"],
+        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

@@ -1,20 +1,31 @@
-"""Command line: `smec-fast train`, `smec-fast noise`.
+"""Command line: `smec-fast train | evaluate | predict | export | noise`.
 
 Every TrainConfig field is an option of `train` (`--batch-size 32` or `--batch_size 32`); a YAML/JSON file
-given with `--config` sets defaults that the command line overrides. Errors in the user's input print one
-line and exit with status 2 (`--debug` shows the traceback).
+given with `--config` sets values that the command line overrides. Any error prints one line naming what is
+wrong and exits non-zero (2 for bad input, 1 for anything unexpected); `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import logging
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from smec_fast.config import FIELDS, coerce, load_config_file, resolve_config, unknown_key_message
 from smec_fast.errors import ConfigError, SmecFastError
 
 PROG = "smec-fast"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors become ConfigError, printed as one line like every other error."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -23,17 +34,19 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if "_" in name:
             flags.append(f"--{name}")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        default = f.default if f.default is not None else "none"
-        if name == "grid":
-            default = "x".join(map(str, f.default))
+        default = "x".join(map(str, f.default)) if name == "grid" else ("none" if f.default is None else f.default)
         extra = {"nargs": "?", "const": "true"} if "bool" in kind else {}
         parser.add_argument(*flags, dest=f"cfg_{name}", default=argparse.SUPPRESS, metavar="VALUE",
                             help=f"(default {default})", **extra)
 
 
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="SMEC trainer for noisy-label facial expression recognition",
-                                     allow_abbrev=False)
+    parser = _Parser(prog=PROG, description="SMEC trainer for noisy-label facial expression recognition",
+                     allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -41,12 +54,43 @@ def build_parser() -> argparse.ArgumentParser:
                            allow_abbrev=False, description="Train SMEC or a baseline. Every option below sets "
                            "the config field of the same name; see smec_fast/config.py for what each means.")
     train.add_argument("--config", help="YAML or JSON file of options (the command line overrides it)")
-    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _common(train)
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
 
-    noise = sub.add_parser("noise", allow_abbrev=False,
-                           help="write an EAC-format label file with symmetric noise")
+    evaluate = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a dataset split")
+    evaluate.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    evaluate.add_argument("--dataset", choices=("synthetic", "rafdb", "folder"),
+                          help="dataset (default: the one the checkpoint was trained on)")
+    evaluate.add_argument("--data", help="dataset root (default: the checkpoint's)")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--out", help="output folder (default: eval-DATASET-SPLIT beside the checkpoint)")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+    evaluate.add_argument("--num-workers", type=int, default=2)
+    evaluate.add_argument("--device", default="auto")
+    _common(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", allow_abbrev=False, help="classify images, optionally with CAM overlays")
+    predict.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    predict.add_argument("images", help="an image file, or a folder searched recursively for images")
+    predict.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    predict.add_argument("--cam", metavar="DIR", help="also write one PNG per image: the predicted class's CAM")
+    predict.add_argument("--skip-bad-images", action="store_true",
+                         help="skip unreadable images with a warning instead of stopping")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--device", default="auto")
+    _common(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", allow_abbrev=False, help="export a checkpoint's model")
+    export.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export.add_argument("--out", help="file to write (default: the checkpoint's name with .ts or .onnx)")
+    _common(export)
+    export.set_defaults(func=cmd_export)
+
+    noise = sub.add_parser("noise", allow_abbrev=False, help="write an EAC-format label file with symmetric noise")
     noise.add_argument("--labels", required=True, help="clean label file (name label lines, 1-based labels)")
     noise.add_argument("--rate", required=True, type=float, help="noise rate in [0, 1)")
     noise.add_argument("--seed", type=int, default=0)
@@ -54,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only lines whose name starts with this are noised and written (default train_)")
     noise.add_argument("--num-classes", type=int, default=7)
     noise.add_argument("--out", required=True, help="file to write")
-    noise.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _common(noise)
     noise.set_defaults(func=cmd_noise)
     return parser
 
@@ -66,6 +110,11 @@ def config_from_args(args: argparse.Namespace):
     return resolve_config(file_values, cli_values)
 
 
+def _positive(value: int, option: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{option} must be at least 1, got {value}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from smec_fast.trainer import train
 
@@ -73,7 +122,100 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(cfg)
     print(f"{cfg.method}: best accuracy {metrics['best_accuracy']:.2f}, final accuracy "
           f"{metrics['final_accuracy']:.2f}, final balanced accuracy {metrics['final_balanced_accuracy']:.2f} "
-          f"-> {cfg.out}/metrics.json")
+          f"-> {Path(cfg.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from smec_fast.data import SplitLoader, load_split
+    from smec_fast.inference import check_classes, load_trained_model
+    from smec_fast.io import atomic_write_json
+    from smec_fast.plots import save_confusion_matrix
+    from smec_fast.trainer import evaluate, resolve_device
+
+    _positive(args.batch_size, "--batch-size")
+    device = resolve_device(args.device)
+    trained = load_trained_model(args.checkpoint, device)
+    cfg = trained.config
+    if args.dataset and args.dataset != cfg.dataset:
+        if args.dataset != "synthetic" and not args.data:
+            raise ConfigError(f"--data is required with --dataset {args.dataset}")
+        cfg = replace(cfg, dataset=args.dataset, data=args.data)
+    elif args.data:
+        cfg = replace(cfg, data=args.data)
+    split = load_split(cfg, args.split)
+    source = f"{cfg.dataset} {args.split} split" + (f" of {cfg.data}" if cfg.data else "")
+    check_classes(trained, split.class_names, source)
+    loader = SplitLoader(split, trained.image_size, args.batch_size, device, train=False,
+                         num_workers=args.num_workers)
+    metrics = evaluate(trained.model, loader, trained.class_names, cfg.amp)
+    out = Path(args.out) if args.out else trained.path.parent / f"eval-{cfg.dataset}-{args.split}"
+    result = {
+        "checkpoint": str(trained.path), "epoch": trained.epoch, "method": cfg.method,
+        "noise_rate": cfg.noise_rate, "dataset": cfg.dataset, "data": cfg.data, "split": args.split,
+        "num_images": len(split), "class_names": list(trained.class_names), **metrics,
+    }
+    atomic_write_json(out / "evaluation.json", result)
+    save_confusion_matrix(metrics["confusion_matrix"], trained.class_names, out / "confusion_matrix.png",
+                          title=f"{cfg.method}, {source}: accuracy {metrics['accuracy']:.2f} %")
+    print(f"accuracy {metrics['accuracy']:.2f}, balanced accuracy {metrics['balanced_accuracy']:.2f} "
+          f"on {len(split)} images -> {out / 'evaluation.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from smec_fast.inference import cam_overlay, list_images, load_trained_model, predict_files
+    from smec_fast.io import atomic_write_bytes, atomic_write_text
+    from smec_fast.trainer import resolve_device
+
+    _positive(args.batch_size, "--batch-size")
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
+    root = Path(args.images)
+    files = list_images(root)
+    predictions, skipped = predict_files(trained, files, args.batch_size, skip_bad=args.skip_bad_images)
+    if not predictions:
+        raise SmecFastError(f"{root}: none of its {len(files)} image files could be read")
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "predicted", *trained.class_names])
+    for p in predictions:
+        writer.writerow([str(p.path), trained.class_names[p.label], *(f"{v:.6f}" for v in p.probabilities.tolist())])
+    atomic_write_text(args.out, buffer.getvalue())
+
+    if args.cam:
+        import torch
+
+        for p in predictions:
+            with Image.open(p.path) as image:
+                image = image.convert("RGB")
+                scale = min(512 / max(image.size), max(1.0, 224 / max(image.size)))
+                if scale != 1.0:
+                    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                         Image.Resampling.BILINEAR)
+                pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+            overlay = cam_overlay(pixels, p.cam).permute(1, 2, 0).numpy()
+            relative = p.path.relative_to(root) if root.is_dir() else Path(p.path.name)
+            png = io.BytesIO()
+            Image.fromarray(overlay).save(png, format="PNG")
+            atomic_write_bytes(Path(args.cam) / relative.with_name(relative.name + ".png"), png.getvalue())
+    print(f"{len(predictions)} images classified -> {args.out}"
+          + (f"; CAM overlays in {args.cam}" if args.cam else "")
+          + (f"; {len(skipped)} unreadable images skipped" if skipped else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from smec_fast.export import FORMATS, export_model
+    from smec_fast.inference import load_trained_model
+
+    trained = load_trained_model(args.checkpoint)
+    out = Path(args.out) if args.out else trained.path.with_suffix(FORMATS[args.format])
+    export_model(trained, args.format, out)
+    print(f"{args.format} model -> {out} (metadata {out.name}.json)")
     return 0
 
 
@@ -94,12 +236,18 @@ def cmd_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    debug = getattr(args, "debug", False)
     try:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
@@ -112,11 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     except SmecFastError as err:
         if debug:
             raise
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{PROG}: interrupted; the last finished epoch is in the checkpoint, continue with --resume",
+        print(f"{PROG}: interrupted; a training run continues from its last finished epoch with --resume",
               file=sys.stderr)
         return 130
+    except Exception as err:  # anything unforeseen still ends in one line, with the traceback behind --debug
+        if debug:
+            raise
+        print(f"{PROG}: error: {type(err).__name__}: {_one_line(err)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

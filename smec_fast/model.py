@@ -76,6 +76,8 @@ def _short(keys: list[str], n: int = 4) -> str:
 def read_weight_file(path: str | Path) -> dict:
     """torch.load a weight or checkpoint file safely (tensors and plain containers only)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a weight file")
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:

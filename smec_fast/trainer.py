@@ -222,6 +222,8 @@ def train(cfg: TrainConfig) -> dict:
         log.info("%s holds no checkpoint yet; starting a new run", out)
 
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a process killed while writing a file atomically
+        stale.unlink(missing_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     write_label_file(out / "train_labels.txt", data.train.names, data.train.labels)
 
@@ -276,6 +278,8 @@ def train(cfg: TrainConfig) -> dict:
 def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint written by `train`, checked for its format."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:

@@ -1,0 +1,145 @@
+"""Using a trained model: load it from a checkpoint, classify image files, compute their CAMs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from smec_fast.config import TrainConfig, config_from_dict
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from smec_fast.data.loader import decode_image_file, normalize
+from smec_fast.errors import CheckpointError, DataError
+from smec_fast.kernels import cam
+from smec_fast.model import FerResNet18
+from smec_fast.trainer import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """A model restored from a training checkpoint, with what is needed to feed it."""
+
+    model: FerResNet18
+    class_names: tuple[str, ...]
+    config: TrainConfig
+    epoch: int
+    path: Path
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
+    """Restore the model of a `smec-fast train` checkpoint in eval mode.
+
+    Raises CheckpointError when the file is not such a checkpoint or its weights do not fit the network
+    (another architecture, or a classifier for another number of classes than the checkpoint names).
+    """
+    path = Path(path)
+    state = read_checkpoint(path)
+    try:
+        config = config_from_dict(state["config"])
+        class_names = tuple(state["class_names"])
+        weights = state["model"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: incomplete checkpoint ({err})") from None
+    model = FerResNet18(num_classes=len(class_names))
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+                           for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("other shape", wrong)) if keys)
+        raise CheckpointError(f"{path}: weights do not fit a ResNet-18 with {len(class_names)} classes ({detail})")
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    return TrainedModel(model=model, class_names=class_names, config=config, epoch=int(state.get("epoch", 0)),
+                        path=path)
+
+
+def check_classes(trained: TrainedModel, class_names: tuple[str, ...], source: str) -> None:
+    """Refuse to score a dataset whose classes differ from the model's."""
+    if tuple(class_names) != trained.class_names:
+        raise DataError(f"{source} has classes {', '.join(class_names)} but {trained.path} was trained on "
+                        f"{', '.join(trained.class_names)}")
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """An image file, or the image files under a folder (recursively, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise DataError(f"{path}: no image files ({', '.join(sorted(IMG_EXTENSIONS))}) in this folder")
+    return files
+
+
+@dataclass
+class Prediction:
+    path: Path
+    probabilities: torch.Tensor  # (K,) float32
+    cam: torch.Tensor  # (h, w) CAM of the predicted class
+
+    @property
+    def label(self) -> int:
+        return int(self.probabilities.argmax())
+
+
+@torch.no_grad()
+def predict_files(trained: TrainedModel, files: list[Path], batch_size: int = 32, skip_bad: bool = False
+                  ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+    """Classify image files; returns the predictions and the files skipped as unreadable (with why).
+
+    Any image mode (greyscale, palette, RGBA) and size is accepted: it is made RGB and resized to the
+    model's input size. Without `skip_bad`, the first unreadable file raises DataError.
+    """
+    device = next(trained.model.parameters()).device
+    predictions: list[Prediction] = []
+    skipped: list[tuple[Path, str]] = []
+    for start in range(0, len(files), batch_size):
+        batch_files, images = [], []
+        for file in files[start:start + batch_size]:
+            try:
+                images.append(decode_image_file(file, trained.image_size))
+                batch_files.append(file)
+            except DataError as err:
+                if not skip_bad:
+                    raise
+                skipped.append((file, str(err)))
+                log.warning("skipping %s", err)
+        if not images:
+            continue
+        x = normalize(torch.stack(images).to(device))  # (B, 3, S, S)
+        logits, feat = trained.model(x)
+        probs = torch.softmax(logits.float(), dim=1).cpu()
+        maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
+        chosen = maps[torch.arange(len(images)), logits.argmax(1)].cpu()  # (B, h, w)
+        predictions += [Prediction(f, p, m) for f, p, m in zip(batch_files, probs, chosen)]
+    return predictions, skipped
+
+
+def cam_overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """A heat map of `cam_map` (h, w) blended over `image` (3, H, W) uint8; returns (3, H, W) uint8.
+
+    The CAM is upsampled bilinearly to the image and scaled to [0, 1] by its own minimum and maximum, as
+    CAM figures usually are (Zhou et al., 2016; the paper's Fig. 4).
+    """
+    import matplotlib
+
+    h, w = image.shape[-2:]
+    heat = F.interpolate(cam_map[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+    colored = torch.from_numpy(matplotlib.colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+    blended = (1 - alpha) * image.float() / 255 + alpha * colored
+    return (blended.clamp(0, 1) * 255).round().to(torch.uint8)
