@@ -1,4 +1,4 @@
-"""Command line: `smec-fast train | evaluate | predict | export | noise`.
+"""Command line: `smec-fast train | evaluate | predict | export | sweep | cam | noise`.
 
 Every TrainConfig field is an option of `train` (`--batch-size 32` or `--batch_size 32`); a YAML/JSON file
 given with `--config` sets values that the command line overrides. Any error prints one line naming what is
@@ -28,8 +28,10 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     for name, f in FIELDS.items():
+        if name in exclude:
+            continue
         flags = [f"--{name.replace('_', '-')}"]
         if "_" in name:
             flags.append(f"--{name}")
@@ -89,6 +91,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="file to write (default: the checkpoint's name with .ts or .onnx)")
     _common(export)
     export.set_defaults(func=cmd_export)
+
+    sweep = sub.add_parser("sweep", allow_abbrev=False, help="train a grid of methods x noise rates x seeds",
+                           description="Train every cell of a grid (skipping finished cells, resuming interrupted "
+                           "ones) and write sweep.json, table.md and balanced_accuracy.png. Other options are "
+                           "passed to every run.")
+    sweep.add_argument("--methods", required=True,
+                       help="comma-separated variants: METHOD[:key=value...][:label=NAME], e.g. "
+                            "ce,elr,eac,smec,smec:grid=2x2:label=split4")
+    sweep.add_argument("--noise-rates", required=True, help="comma-separated rates, e.g. 0,0.2,0.4,0.6")
+    sweep.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    sweep.add_argument("--out", required=True, help="folder of the sweep")
+    sweep.add_argument("--config", help="YAML or JSON file of options for every run")
+    _common(sweep)
+    _add_config_options(sweep, exclude=("method", "noise_rate", "seed", "out", "resume"))
+    sweep.set_defaults(func=cmd_sweep)
+
+    figure = sub.add_parser("cam", allow_abbrev=False, help="CAM overlays of several models side by side (Fig. 4)")
+    figure.add_argument("checkpoints", nargs="+", help="checkpoints to compare, e.g. a CE run and a SMEC run")
+    figure.add_argument("--images", help="image file or folder (default: test images of the first checkpoint's "
+                                         "dataset, one per class, CAM of the true class)")
+    figure.add_argument("--num", type=int, default=7, help="number of images (default 7)")
+    figure.add_argument("--labels", help="comma-separated column titles (default: each checkpoint's method)")
+    figure.add_argument("--out", default="cams.png", help="PNG to write (default cams.png)")
+    figure.add_argument("--seed", type=int, default=0, help="choice of dataset images")
+    figure.add_argument("--device", default="auto")
+    _common(figure)
+    figure.set_defaults(func=cmd_cam)
 
     noise = sub.add_parser("noise", allow_abbrev=False, help="write an EAC-format label file with symmetric noise")
     noise.add_argument("--labels", required=True, help="clean label file (name label lines, 1-based labels)")
@@ -219,6 +248,65 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from smec_fast.sweep import parse_floats, parse_ints, parse_variants, run_sweep
+
+    variants = parse_variants(args.methods)
+    rates = parse_floats(args.noise_rates, "--noise-rates")
+    seeds = parse_ints(args.seeds, "--seeds")
+    base = load_config_file(args.config) if args.config else {}
+    base.update({key[4:]: coerce(key[4:], value, "command line")
+                 for key, value in vars(args).items() if key.startswith("cfg_")})
+    command = " ".join(["smec-fast", *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
+    result = run_sweep(base, variants, rates, seeds, args.out, command=command)
+    print(f"{len(result['cells'])} runs -> {Path(args.out) / 'table.md'}, {Path(args.out) / 'sweep.json'}, "
+          f"{Path(args.out) / 'balanced_accuracy.png'}")
+    return 0
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    import torch
+
+    from smec_fast.data import load_split
+    from smec_fast.inference import cam_panels, list_images, load_trained_model
+    from smec_fast.plots import save_cam_grid
+    from smec_fast.trainer import resolve_device
+
+    _positive(args.num, "--num")
+    device = resolve_device(args.device)
+    models = [load_trained_model(path, device) for path in args.checkpoints]
+    names = models[0].class_names
+    for trained in models[1:]:
+        if trained.class_names != names:
+            raise ConfigError(f"{trained.path} has classes {', '.join(trained.class_names)}, "
+                              f"{models[0].path} has {', '.join(names)}: compare models of the same classes")
+    titles = [m.config.method for m in models]
+    if args.labels:
+        titles = [t.strip() for t in args.labels.split(",")]
+        if len(titles) != len(models):
+            raise ConfigError(f"--labels gives {len(titles)} titles for {len(models)} checkpoints")
+    if args.images:
+        sources = list_images(args.images)[: args.num]
+        labels: list = [None] * len(sources)
+        row_titles = [p.name for p in sources]
+    else:
+        split = load_split(models[0].config, "test")
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed)).tolist()
+        chosen: list[int] = []
+        while len(chosen) < min(args.num, len(split)):  # one image per class in turn, as in the paper's Fig. 4
+            for k in range(len(names)):
+                pick = next((i for i in order if i not in chosen and int(split.labels[i]) == k), None)
+                if pick is not None and len(chosen) < args.num:
+                    chosen.append(pick)
+        labels = [int(split.labels[i]) for i in chosen]
+        sources = [split.images[i] if split.images is not None else split.paths[i] for i in chosen]
+        row_titles = [names[k] for k in labels]
+    panels = cam_panels(models, sources, labels)
+    save_cam_grid(panels, ["input", *titles], row_titles, args.out)
+    print(f"CAMs of {len(sources)} images x {len(models)} models -> {args.out}")
+    return 0
+
+
 def cmd_noise(args: argparse.Namespace) -> int:
     import torch
 
@@ -253,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if unknown:
             option = unknown[0]
-            if option.startswith("--") and args.command == "train":
-                raise ConfigError(unknown_key_message(option[2:].split("=")[0].replace("-", "_"), "command line"))
+            key = option[2:].split("=")[0].replace("-", "_")
+            if args.command == "sweep" and key in ("method", "noise_rate", "seed", "resume"):
+                raise ConfigError(f"{option} is set by the sweep for each run; use --methods, --noise-rates, --seeds")
+            if option.startswith("--") and args.command in ("train", "sweep"):
+                raise ConfigError(unknown_key_message(key, "command line"))
             raise ConfigError(f"unrecognized argument {option!r} for '{args.command}'")
         return args.func(args)
     except SmecFastError as err:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from smec_fast.errors import ConfigError
 
-METHODS = ("smec", "ce", "elr")
+METHODS = ("smec", "ce", "elr", "eac", "scn", "rul")
 DATASETS = ("synthetic", "rafdb", "folder")
 
 
@@ -36,14 +36,22 @@ class TrainConfig:
     num_workers: int = 2  # DataLoader worker processes for image-file datasets
 
     # --- method (DESIGN.md steps 2-8) ---
-    method: str = "smec"  # smec: CE + ELR + L_con | elr: CE + ELR | ce: plain cross-entropy
+    method: str = "smec"  # smec: CE + ELR + L_con | elr: CE + ELR | ce: cross-entropy | eac | scn | rul (baselines)
     grid: tuple[int, int] = (1, 2)  # split grid rows x cols: 1x2 width (paper), 2x1 height, 2x2, 4x4; 1x1 = flip
     lambda_con: float | None = None  # weight of L_con; None: 2 for clean labels, 3 up to 40 % noise, 5 above
     con_warmup_epochs: float = 0.0  # ramp lambda_con linearly from 0 over this many epochs (0: off, as in the paper)
     cam_weight_grad: bool = False  # let L_con's gradient reach the classifier weight (EAC's code detaches it)
     detach_original: bool = False  # stop L_con's gradient through the original image's branch
+    cls_loss: str = "elr"  # SMEC's classification loss: elr (CE + ELR, the paper) | ce (the Fig. 5 ablation)
     beta: float = 0.7  # ELR target momentum
     lambda_elr: float = 3.0  # ELR weight
+
+    # --- baselines ---
+    eac_lambda: float = 5.0  # EAC: weight of the flip attention consistency
+    scn_beta: float = 0.7  # SCN: fraction of each batch in the high-importance group
+    scn_margin_rank: float = 0.15  # SCN: rank regularisation margin between the groups' mean importance
+    scn_margin_relabel: float = 0.2  # SCN: relabel when max prob exceeds the label's prob by this much
+    scn_relabel_epoch: int = 10  # SCN: first epoch (0-based) that relabels
 
     # --- label noise (DESIGN.md step 10) ---
     noise_rate: float = 0.0  # symmetric noise rate applied to the training labels
@@ -84,6 +92,9 @@ class TrainConfig:
         _choice("dataset", self.dataset, DATASETS)
         _choice("method", self.method, METHODS)
         _choice("amp", self.amp, ("bf16", "fp16", "off"))
+        _choice("cls_loss", self.cls_loss, ("elr", "ce"))
+        if not 0.0 < self.scn_beta < 1.0:
+            raise ConfigError(f"--scn-beta must be in (0, 1), got {self.scn_beta}")
         if self.dataset != "synthetic" and not self.data:
             raise ConfigError(f"--data is required with --dataset {self.dataset}")
         for name in ("image_size", "epochs", "batch_size", "synthetic_train_size", "synthetic_test_size"):
@@ -108,7 +119,8 @@ class TrainConfig:
         for name in ("lr", "lr_decay"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
-        for name in ("weight_decay", "lambda_elr", "con_warmup_epochs"):
+        for name in ("weight_decay", "lambda_elr", "con_warmup_epochs", "eac_lambda", "scn_margin_rank",
+                     "scn_margin_relabel", "scn_relabel_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.lambda_con is not None and self.lambda_con < 0:

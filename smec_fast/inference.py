@@ -143,3 +143,60 @@ def cam_overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5) 
     colored = torch.from_numpy(matplotlib.colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
     blended = (1 - alpha) * image.float() / 255 + alpha * colored
     return (blended.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def display_image(path: Path, long_side: int = 224) -> torch.Tensor:
+    """(3, H, W) uint8 RGB image resized so that its long side is `long_side`, aspect kept, for figures."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            scale = long_side / max(image.size)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.Resampling.BILINEAR)
+            return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot decode image ({err})") from None
+
+
+def _model_input(source: Path | torch.Tensor, size: int) -> torch.Tensor:
+    """(1, 3, size, size) uint8, prepared as the training loaders prepare images of that kind."""
+    if isinstance(source, Path):
+        return decode_image_file(source, size)[None]
+    if source.shape[-2:] == (size, size):
+        return source[None]
+    return F.interpolate(source[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def cam_panels(models: list[TrainedModel], sources: list[Path | torch.Tensor], labels: list[int | None],
+               display_size: int = 224) -> list[list[tuple[torch.Tensor, str]]]:
+    """For each image (a file, or a uint8 (3, H, W) tensor): the image, then each model's CAM overlay.
+
+    The CAM shown is of the given label when there is one (so all models are compared on the same class,
+    as in the paper's Fig. 4), else of the model's own prediction; captions give each model's prediction.
+    """
+    rows = []
+    for source, label in zip(sources, labels):
+        if isinstance(source, Path):
+            shown_image = display_image(source, display_size)
+        else:
+            scale = display_size / max(source.shape[-2:])
+            size = [max(1, round(d * scale)) for d in source.shape[-2:]]
+            shown_image = F.interpolate(source[None].float(), size=size, mode="bilinear", align_corners=False,
+                                        antialias=scale < 1)[0].round().clamp(0, 255).to(torch.uint8)
+        row = [(shown_image, "input")]
+        for trained in models:
+            device = next(trained.model.parameters()).device
+            logits, feat = trained.model(normalize(_model_input(source, trained.image_size).to(device)))
+            probs = torch.softmax(logits.float(), 1)[0].cpu()
+            predicted = int(probs.argmax())
+            shown = predicted if label is None else label
+            maps = cam(feat.float(), trained.model.cam_weight.float())[0, shown].cpu()  # (h, w)
+            row.append((cam_overlay(shown_image, maps),
+                        f"pred {trained.class_names[predicted]} {100 * probs[predicted]:.0f}%"))
+        rows.append(row)
+    return rows

@@ -42,3 +42,29 @@ def save_confusion_matrix(cm: list[list[int]], class_names: list[str] | tuple[st
     if title:
         ax.set_title(title)
     atomic_write_bytes(path, _figure_bytes(fig))
+
+
+def save_cam_grid(panels: list[list[tuple]], column_titles: list[str], row_titles: list[str],
+                  path: str | Path) -> None:
+    """A grid of images: `panels[r][c]` is (uint8 (3, H, W) image, caption), written as one PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(panels), len(panels[0])
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            image, caption = panels[r][c]
+            ax = axes[r][c]
+            ax.imshow(image.permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(caption, fontsize=8)
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=10)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=9)
+    fig.tight_layout()
+    atomic_write_bytes(path, _figure_bytes(fig))

@@ -87,10 +87,10 @@ def train_one_epoch(model, method, optimizer, scaler, loader: SplitLoader, epoch
     loader.set_epoch(epoch)
     sums: dict[str, torch.Tensor] = {}
     steps = 0
+    method.start_epoch(epoch, cfg.seed)
     steps_per_epoch = len(loader)
     for images, labels, index in loader:
-        if hasattr(method, "set_progress"):
-            method.set_progress(epoch + steps / steps_per_epoch, cfg.con_warmup_epochs)
+        method.set_progress(epoch + steps / steps_per_epoch)
         with autocast_context(loader.device, cfg.amp):
             loss, parts = method(model, images, labels, index)
         optimizer.zero_grad(set_to_none=True)
@@ -199,9 +199,10 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     model.to(device)
-    method = build_method(cfg, len(data.train), k, data.noise.rate).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=device.type == "cuda")
+    method = build_method(cfg, data.train.labels, k, data.noise.rate).to(device)
+    # Methods with heads of their own (SCN's attention, RUL's uncertainty) train them with the model.
+    parameters = list(model.parameters()) + list(method.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp == "fp16")
 

@@ -1,8 +1,20 @@
+import math
+
 import pytest
 import torch
+from torch import nn
 
+from smec_fast.augment import random_erasing
 from smec_fast.config import resolve_config
-from smec_fast.methods import CrossEntropyMethod, ElrMethod, SmecMethod, build_method
+from smec_fast.methods import (
+    CrossEntropyMethod,
+    EacMethod,
+    ElrMethod,
+    RulMethod,
+    ScnMethod,
+    SmecMethod,
+    build_method,
+)
 from smec_fast.model import FerResNet18
 
 
@@ -23,20 +35,132 @@ def test_smec_loss_is_classification_plus_weighted_consistency(batch):
     assert touched.nonzero().flatten().tolist() == [0, 3, 5, 7]
 
 
+def test_smec_with_plain_ce_ablation(batch):
+    model = FerResNet18(7)
+    method = SmecMethod(10, 7, beta=0.7, lam=3.0, grid=(2, 1), lambda_con=2.0, use_elr=False)
+    loss, parts = method(model, *batch)
+    logits, _ = model(batch[0])
+    torch.testing.assert_close(parts["cls"], torch.nn.functional.cross_entropy(logits, batch[1]))
+    assert method.elr is None
+
+
 def test_consistency_warmup_ramps_lambda(batch):
     model = FerResNet18(7).eval()
-    method = SmecMethod(10, 7, beta=0.7, lam=3.0, grid=(1, 2), lambda_con=2.0)
+    method = SmecMethod(10, 7, beta=0.7, lam=3.0, grid=(1, 2), lambda_con=2.0, warmup_epochs=2.0)
     for done, factor in ((0.0, 0.0), (0.5, 0.25), (2.0, 1.0), (5.0, 1.0)):
-        method.set_progress(done, warmup_epochs=2.0)
+        method.set_progress(done)
         loss, parts = method(model, *batch)
         torch.testing.assert_close(loss, parts["cls"] + 2.0 * factor * parts["con"])
-    method.set_progress(0.0, warmup_epochs=0.0)  # no warm-up: full weight from the start
-    assert method.con_ramp.item() == 1.0
+    no_warmup = SmecMethod(10, 7, beta=0.7, lam=3.0, grid=(1, 2), lambda_con=2.0)
+    no_warmup.set_progress(0.0)
+    assert no_warmup.con_ramp.item() == 1.0
 
 
-def test_build_method_resolves_lambda_from_noise():
-    smec = build_method(resolve_config(cli_values={"noise_rate": 0.5}), 10, 7, noise_rate=0.5)
+def test_random_erasing_follows_its_distribution():
+    images = torch.ones(4000, 2, 20, 30)
+    erased = random_erasing(images, torch.Generator().manual_seed(0), p=0.5, scale=(0.02, 0.25), ratio=(0.3, 3.3))
+    mask = erased[:, 0] == 0  # (B, H, W)
+    assert torch.equal(mask, erased[:, 1] == 0)  # all channels erased together
+    hit = mask.flatten(1).any(1)
+    assert abs(hit.float().mean().item() - 0.5) < 0.03
+    for m in mask[hit][:300]:
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        h, w = rows.numel(), cols.numel()
+        assert m.sum() == h * w and rows.max() - rows.min() + 1 == h and cols.max() - cols.min() + 1 == w
+        # area from scale (rounding can move a side by half a pixel), clipped to the image
+        assert 0.02 * 600 * 0.5 <= h * w <= 0.25 * 600 * 1.6
+    assert not torch.equal(erased, random_erasing(images, torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(erased, random_erasing(images, torch.Generator().manual_seed(0)), rtol=0, atol=0)
+
+
+def test_eac_is_ce_on_erased_images_plus_flip_consistency(batch):
+    model = FerResNet18(7).eval()
+    method = EacMethod(lambda_flip=5.0)
+    method.start_epoch(3, seed=1)
+    loss, parts = method(model, *batch)
+    torch.testing.assert_close(loss, parts["ce"] + 5.0 * parts["flip"])
+    erased = random_erasing(batch[0], torch.Generator().manual_seed((1 * 1_000_033 + 3) * 7 + 1))
+    logits, _ = model(erased)
+    torch.testing.assert_close(parts["ce"], torch.nn.functional.cross_entropy(logits, batch[1]))
+
+
+class FixedNet(nn.Module):
+    """Returns given logits and features whatever the input, to check losses by hand."""
+
+    def __init__(self, logits, feat):
+        super().__init__()
+        self.logits, self.feat = logits, feat
+        self.fc = nn.Linear(feat.shape[1], logits.shape[1])
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.logits, self.feat
+
+    @property
+    def cam_weight(self):
+        return self.fc.weight
+
+
+def test_scn_rank_regularisation_and_relabelling_by_hand():
+    b = 10
+    logits = torch.full((b, 7), -5.0)
+    logits[:, 2] = 5.0  # every sample confidently predicts class 2
+    feat = torch.randn(b, 512, 2, 2)
+    method = ScnMethod(torch.zeros(20, dtype=torch.long), beta=0.7, margin_rank=0.15, margin_relabel=0.2,
+                       relabel_epoch=1)
+    # importance alpha = sigmoid(v . f + c): fix the head so that alpha is known
+    pooled = feat.mean((2, 3))
+    with torch.no_grad():
+        method.attention[0].weight.zero_()
+        method.attention[0].bias.zero_()
+    index = torch.arange(b)
+    model = FixedNet(logits, feat)
+    method.start_epoch(0, seed=0)
+    loss, parts = method(model, torch.zeros(b, 3, 4, 4), None, index)
+    # alpha = 0.5 for all: no gap between groups, L_RR = margin
+    assert parts["rr"].item() == pytest.approx(0.15)
+    torch.testing.assert_close(parts["ce"], torch.nn.functional.cross_entropy(0.5 * logits, torch.zeros(b).long()))
+    assert method.labels.tolist() == [0] * 20  # epoch 0: no relabelling yet
+    method.start_epoch(1, seed=0)
+    with torch.no_grad():
+        method.attention[0].weight.copy_(torch.linspace(-1, 1, 512)[None])
+    alpha = torch.sigmoid(pooled @ torch.linspace(-1, 1, 512))
+    loss, parts = method(model, torch.zeros(b, 3, 4, 4), None, index)
+    low = alpha.argsort(descending=True)[7:]  # the 3 least important of 10 (beta = 0.7)
+    expected = torch.zeros(20, dtype=torch.long)
+    expected[low] = 2
+    assert method.labels.tolist() == expected.tolist()
+    assert parts["relabelled"].item() == pytest.approx(3 / 20)
+    gap = alpha.sort(descending=True).values
+    assert parts["rr"].item() == pytest.approx(max(0.0, 0.15 - (gap[:7].mean() - gap[7:].mean()).item()), abs=1e-6)
+
+
+def test_rul_mixes_by_relative_confidence():
+    b = 6
+    feat = torch.randn(b, 512, 1, 1)
+    model = FixedNet(torch.zeros(b, 7), feat)
+    method = RulMethod()
+    method.start_epoch(0, seed=4)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    loss, parts = method(model, torch.zeros(b, 3, 4, 4), labels, torch.arange(b))
+    pair = torch.randperm(b, generator=torch.Generator().manual_seed((4 * 1_000_033 + 0) * 7 + 2))
+    f = feat.flatten(1)
+    c = method.uncertainty(f).squeeze(1) + 1e-6
+    w = c / (c + c[pair])
+    z = model.fc(w[:, None] * f + (1 - w[:, None]) * f[pair])
+    ce = torch.nn.functional.cross_entropy
+    expected = (w * ce(z, labels, reduction="none") + (1 - w) * ce(z, labels[pair], reduction="none")).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert method.uncertainty[0].weight.grad.abs().sum() > 0
+
+
+def test_build_method_resolves_options():
+    labels = torch.zeros(10, dtype=torch.long)
+    smec = build_method(resolve_config(cli_values={"noise_rate": 0.5}), labels, 7, noise_rate=0.5)
     assert isinstance(smec, SmecMethod) and smec.lambda_con == 5.0
-    assert build_method(resolve_config(cli_values={"lambda_con": 0.5}), 10, 7, 0.0).lambda_con == 0.5
-    assert isinstance(build_method(resolve_config(cli_values={"method": "ce"}), 10, 7, 0.0), CrossEntropyMethod)
-    assert isinstance(build_method(resolve_config(cli_values={"method": "elr"}), 10, 7, 0.0), ElrMethod)
+    assert build_method(resolve_config(cli_values={"lambda_con": 0.5}), labels, 7, 0.0).lambda_con == 0.5
+    for name, kind in (("ce", CrossEntropyMethod), ("elr", ElrMethod), ("eac", EacMethod), ("scn", ScnMethod),
+                       ("rul", RulMethod)):
+        assert isinstance(build_method(resolve_config(cli_values={"method": name}), labels, 7, 0.0), kind)
+    assert math.isclose(build_method(resolve_config(cli_values={"method": "eac"}), labels, 7, 0.0).lambda_flip, 5.0)

@@ -1,0 +1,207 @@
+"""Grids of runs (methods x noise rates x seeds) and the paper's Table 1-style summaries.
+
+A sweep runs its cells one after another on one device, each in its own folder
+`OUT/<label>/noise<rate>/seed<seed>/`. A cell whose `metrics.json` exists is skipped and an interrupted
+cell resumes from its checkpoint, so re-running the same command finishes an interrupted sweep. Results
+are collected into `OUT/sweep.json`, `OUT/table.md` and `OUT/balanced_accuracy.png`.
+
+Methods are given as variants: a method name, optionally followed by `:key=value` config overrides and
+a `:label=NAME` for the tables, e.g. `smec:grid=2x2:label=split4` or `smec:cls_loss=ce:label=smec-ce`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smec_fast.config import METHODS, coerce, resolve_config
+from smec_fast.errors import ConfigError
+from smec_fast.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Per-cell figures kept in sweep.json (each cell's own metrics.json keeps its full history).
+CELL_KEYS = ("best_accuracy", "best_epoch", "best_balanced_accuracy", "final_accuracy", "final_balanced_accuracy",
+             "per_class_accuracy", "selected_accuracy", "selected_balanced_accuracy", "selected_epoch",
+             "lambda_con", "noise", "epochs", "train_time_s")
+
+
+@dataclass
+class Variant:
+    label: str
+    method: str
+    overrides: dict = field(default_factory=dict)
+
+
+def parse_variants(spec: str) -> list[Variant]:
+    """'ce,smec:grid=2x2:label=split4' -> variants; labels must be unique."""
+    variants = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        method, *options = item.split(":")
+        if method not in METHODS:
+            raise ConfigError(f"--methods: unknown method {method!r} (choose from {', '.join(METHODS)})")
+        overrides, label = {}, method
+        for option in options:
+            key, sep, value = option.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep:
+                raise ConfigError(f"--methods: expected key=value after ':' in {item!r}, got {option!r}")
+            if key == "label":
+                label = value
+                continue
+            if key in ("method", "noise_rate", "seed", "out"):
+                raise ConfigError(f"--methods: {key} is set by the sweep itself, not per method ({item!r})")
+            overrides[key] = coerce(key, value, f"--methods {item!r}")
+        if label == method and overrides:
+            label = item.replace(":", "-").replace("=", "")
+        variants.append(Variant(label, method, overrides))
+    if not variants:
+        raise ConfigError("--methods: no method given")
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--methods: labels repeat ({', '.join(labels)}); give each variant a :label=NAME")
+    return variants
+
+
+def parse_floats(spec: str, option: str) -> list[float]:
+    try:
+        values = [float(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be a comma-separated list of numbers, got {spec!r}") from None
+    if not values:
+        raise ConfigError(f"{option}: no value given")
+    return values
+
+
+def parse_ints(spec: str, option: str) -> list[int]:
+    try:
+        values = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be a comma-separated list of integers, got {spec!r}") from None
+    if not values:
+        raise ConfigError(f"{option}: no value given")
+    return values
+
+
+def cell_dir(out: Path, label: str, noise_rate: float, seed: int) -> Path:
+    return out / label / f"noise{round(noise_rate * 100):02d}" / f"seed{seed}"
+
+
+def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], seeds: list[int], out: str | Path,
+              command: str = "") -> dict:
+    """Train every cell that has no metrics.json yet, then write the summaries. Returns sweep.json's content."""
+    import json
+
+    from smec_fast.trainer import train
+
+    out = Path(out)
+    for key in ("method", "noise_rate", "seed", "out", "resume"):
+        if key in base:
+            raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each cell; use --methods, "
+                              f"--noise-rates, --seeds and --out")
+    configs = []
+    for variant in variants:
+        for rate in noise_rates:
+            for seed in seeds:
+                values = {**base, **variant.overrides, "method": variant.method, "noise_rate": rate, "seed": seed,
+                          "out": str(cell_dir(out, variant.label, rate, seed)), "resume": True}
+                configs.append((variant, rate, seed, resolve_config(cli_values=values)))  # validate all first
+    cells = []
+    for i, (variant, rate, seed, cfg) in enumerate(configs, start=1):
+        metrics_path = Path(cfg.out) / "metrics.json"
+        if metrics_path.exists():
+            log.info("[%d/%d] %s noise %.2f seed %d: done, skipped", i, len(configs), variant.label, rate, seed)
+            metrics = json.loads(metrics_path.read_text())
+        else:
+            log.info("[%d/%d] %s noise %.2f seed %d", i, len(configs), variant.label, rate, seed)
+            metrics = train(cfg)
+        cells.append({"label": variant.label, "method": variant.method, "overrides": variant.overrides,
+                      "noise_rate": rate, "seed": seed, "out": cfg.out,
+                      **{k: metrics[k] for k in CELL_KEYS if k in metrics}})
+        class_names = metrics["class_names"]
+    result = {"command": command, "base": base, "class_names": class_names, "cells": cells}
+    atomic_write_json(out / "sweep.json", result)
+    atomic_write_text(out / "table.md", markdown_table(result))
+    save_noise_plot(result, out / "balanced_accuracy.png")
+    return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def groups(result: dict) -> dict[tuple[str, float], list[dict]]:
+    """Cells grouped by (label, noise rate), in sweep order."""
+    grouped: dict[tuple[str, float], list[dict]] = {}
+    for cell in result["cells"]:
+        grouped.setdefault((cell["label"], cell["noise_rate"]), []).append(cell)
+    return grouped
+
+
+def markdown_table(result: dict) -> str:
+    """Table 1 of the paper: balanced accuracy, best accuracy and per-class accuracy, mean ± std over seeds.
+
+    Balanced and per-class accuracy are the final epoch's; "best accuracy" is the maximum test accuracy over
+    epochs (the paper's metric); the final accuracy is given beside it.
+    """
+    names = result["class_names"]
+    seeds = sorted({c["seed"] for c in result["cells"]})
+    lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}. Balanced and per-class accuracy: final epoch; "
+             f"best accuracy: maximum test accuracy over epochs (the paper's metric).", "",
+             "| Method | Noise (%) | Balanced acc. | Best acc. | Final acc. | " + " | ".join(names) + " |",
+             "|---|---|---|---|---|" + "---|" * len(names)]
+    rates = sorted({c["noise_rate"] for c in result["cells"]})
+    grouped = groups(result)
+    labels = list(dict.fromkeys(c["label"] for c in result["cells"]))
+    for rate in rates:
+        for label in labels:
+            cells = grouped.get((label, rate))
+            if not cells:
+                continue
+            per_class = [_fmt([c["per_class_accuracy"].get(n) for c in cells]) for n in names]
+            lines.append(f"| {label} | {100 * rate:g} | {_fmt([c['final_balanced_accuracy'] for c in cells])} | "
+                         f"{_fmt([c['best_accuracy'] for c in cells])} | {_fmt([c['final_accuracy'] for c in cells])} | "
+                         + " | ".join(per_class) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_noise_plot(result: dict, path: str | Path) -> None:
+    """Final balanced accuracy (and best accuracy) against noise rate, one line per method, std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = groups(result)
+    labels = list(dict.fromkeys(c["label"] for c in result["cells"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in ((axes[0], "final_balanced_accuracy", "balanced accuracy (final epoch)"),
+                           (axes[1], "best_accuracy", "best accuracy (max over epochs)")):
+        for label in labels:
+            rates = sorted(r for (lab, r) in grouped if lab == label)
+            stats = [mean_std([c[key] for c in grouped[(label, r)]]) for r in rates]
+            ax.errorbar([100 * r for r in rates], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
+                        capsize=3, label=label)
+        ax.set_xlabel("label noise (%)")
+        ax.set_ylabel("%")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+

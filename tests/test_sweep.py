@@ -1,0 +1,86 @@
+import json
+
+import pytest
+from PIL import Image
+
+from smec_fast.cli import main
+from smec_fast.errors import ConfigError
+from smec_fast.sweep import markdown_table, mean_std, parse_variants
+
+TINY = ["--image-size", "32", "--synthetic-train-size", "96", "--synthetic-test-size", "32", "--batch-size", "32",
+        "--epochs", "1", "--progress", "false", "--num-workers", "0"]
+
+
+def test_parse_variants():
+    variants = parse_variants("ce, smec:grid=2x2:label=split4, smec:cls_loss=ce")
+    assert [(v.label, v.method, v.overrides) for v in variants] == [
+        ("ce", "ce", {}), ("split4", "smec", {"grid": (2, 2)}), ("smec-cls_lossce", "smec", {"cls_loss": "ce"})]
+    with pytest.raises(ConfigError, match="unknown method 'sce'"):
+        parse_variants("sce")
+    with pytest.raises(ConfigError, match="labels repeat"):
+        parse_variants("smec,smec")
+    with pytest.raises(ConfigError, match="set by the sweep"):
+        parse_variants("smec:seed=3")
+    with pytest.raises(ConfigError, match="unknown option"):
+        parse_variants("smec:gird=2x2")
+
+
+def test_table_gives_mean_and_sample_std_over_seeds():
+    cells = [{"label": "ce", "noise_rate": 0.2, "seed": s, "final_balanced_accuracy": v, "best_accuracy": v + 10,
+              "final_accuracy": v + 5, "per_class_accuracy": {"a": v, "b": None}} for s, v in ((0, 50.0), (1, 54.0))]
+    table = markdown_table({"class_names": ["a", "b"], "cells": cells})
+    # mean 52, sample std of (50, 54) = 2.83
+    assert "| ce | 20 | 52.00 ± 2.83 | 62.00 ± 2.83 | 57.00 ± 2.83 | 52.00 ± 2.83 | - |" in table
+    assert mean_std([3.0]) == (3.0, 0.0)
+
+
+def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--methods", "ce,smec:grid=2x1:label=height", "--noise-rates", "0,0.5", "--seeds", "0",
+            "--out", str(out), *TINY]
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads((out / "sweep.json").read_text())
+    assert [(c["label"], c["noise_rate"]) for c in result["cells"]] == [
+        ("ce", 0.0), ("ce", 0.5), ("height", 0.0), ("height", 0.5)]
+    smec_cell = json.loads((out / "height" / "noise50" / "seed0" / "metrics.json").read_text())
+    assert smec_cell["config"]["grid"] == [2, 1] and smec_cell["lambda_con"] == 5.0
+    assert smec_cell["noise"]["changed"] == 48
+    table = (out / "table.md").read_text()
+    assert "| height | 50 |" in table and "| ce | 0 |" in table
+    with Image.open(out / "balanced_accuracy.png") as png:
+        assert png.format == "PNG"
+
+    # A second run trains nothing; removing one cell's metrics retrains only that cell.
+    from smec_fast import trainer
+
+    original = trainer.train
+    trained = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: trained.append(cfg.out) or original(cfg))
+    assert main(argv) == 0
+    assert trained == []
+    (out / "ce" / "noise50" / "seed0" / "metrics.json").unlink()
+    assert main(argv) == 0
+    assert trained == [str(out / "ce" / "noise50" / "seed0")]
+
+
+def test_sweep_refuses_per_cell_options(tmp_path, capsys):
+    assert main(["sweep", "--methods", "ce", "--noise-rates", "0", "--out", str(tmp_path), "--method", "smec"]) == 2
+    assert "--method is set by the sweep for each run" in capsys.readouterr().err
+
+
+def test_cam_figure_from_two_checkpoints(tmp_path, capsys):
+    from smec_fast.config import resolve_config
+    from smec_fast.trainer import train
+
+    for method in ("ce", "smec"):
+        train(resolve_config(cli_values=dict(out=str(tmp_path / method), method=method, image_size=32,
+                                             synthetic_train_size=64, synthetic_test_size=32, epochs=1,
+                                             batch_size=32, progress=False)))
+    out = tmp_path / "cams.png"
+    code = main(["cam", str(tmp_path / "ce" / "checkpoint.pt"), str(tmp_path / "smec" / "checkpoint.pt"),
+                 "--labels", "CE,SMEC", "--num", "7", "--out", str(out), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    with Image.open(out) as png:
+        assert png.width > 400 and png.height > 7 * 150  # 3 columns, 7 rows
+    code = main(["cam", str(tmp_path / "ce" / "checkpoint.pt"), "--labels", "A,B", "--out", str(out)])
+    assert code == 2 and "--labels gives 2 titles for 1 checkpoints" in capsys.readouterr().err
