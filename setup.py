@@ -19,6 +19,7 @@ setup(
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",
+        "nvidia-dali-cuda130",
         "numpy",
         "pillow",
         "pyyaml",

@@ -33,7 +33,11 @@ class TrainConfig:
     val_fraction: float = 0.0  # hold out this fraction of the (noisy) training set to choose an epoch honestly
     synthetic_train_size: int = 2000  # images the synthetic training split generates
     synthetic_test_size: int = 700  # images the synthetic test split generates
-    num_workers: int = 2  # DataLoader worker processes for image-file datasets
+    num_workers: int = 2  # loader workers: DataLoader processes, DALI threads or the cache's decoding threads
+    loader: str = "auto"  # torch (DataLoader + PIL) | dali | cached (decoded once onto the device) | auto
+    skip_bad_images: bool = False  # leave out missing or corrupt images (with a warning and a count)
+    rafdb_images: str = "aligned"  # RAF-DB: aligned (100 x 100 faces) | original (photos aligned from landmarks)
+    rafdb_landmarks: str = "manual"  # RAF-DB original photos: manual | auto landmark annotations
 
     # --- method (DESIGN.md steps 2-8) ---
     method: str = "smec"  # smec: CE + ELR + L_con | elr: CE + ELR | ce: cross-entropy | eac | scn | rul (baselines)
@@ -72,7 +76,9 @@ class TrainConfig:
     # --- runtime ---
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: str = "bf16"  # autocast dtype on CUDA: bf16 | fp16 | off (CPU always trains in fp32)
+    kernels: str = "fused"  # fused: registered ops (Triton on CUDA, reference elsewhere) | reference: plain PyTorch
     resume: bool = False  # continue the run in `out` from its last checkpoint
+    dist_timeout: float = 600.0  # torchrun: seconds a process waits for the others before the job fails
     progress: bool = True  # show a progress bar
 
     def __post_init__(self) -> None:
@@ -93,6 +99,10 @@ class TrainConfig:
         _choice("method", self.method, METHODS)
         _choice("amp", self.amp, ("bf16", "fp16", "off"))
         _choice("cls_loss", self.cls_loss, ("elr", "ce"))
+        _choice("kernels", self.kernels, ("fused", "reference"))
+        _choice("loader", self.loader, ("auto", "torch", "dali", "cached"))
+        _choice("rafdb_images", self.rafdb_images, ("aligned", "original"))
+        _choice("rafdb_landmarks", self.rafdb_landmarks, ("manual", "auto"))
         if not 0.0 < self.scn_beta < 1.0:
             raise ConfigError(f"--scn-beta must be in (0, 1), got {self.scn_beta}")
         if self.dataset != "synthetic" and not self.data:
@@ -116,7 +126,7 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.beta < 1.0:
             raise ConfigError(f"--beta must be in [0, 1), got {self.beta}")
-        for name in ("lr", "lr_decay"):
+        for name in ("lr", "lr_decay", "dist_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         for name in ("weight_decay", "lambda_elr", "con_warmup_epochs", "eac_lambda", "scn_margin_rank",

@@ -10,12 +10,16 @@ import torch
 from smec_fast.config import TrainConfig
 from smec_fast.errors import ConfigError
 
+from .cache import CachedLoader
+from .dali import DaliLoader, dali_available
 from .folder import load_folder
-from .loader import SplitLoader, decode_image_file, normalize, random_hflip
+from .loader import SplitLoader, decode_image_file, epoch_batches, normalize, random_hflip
+from .loaders import LOADER_KINDS, default_loader, make_loader
 from .noise import NoiseReport, labels_from_file, read_label_file, symmetric_noise, write_label_file
 from .rafdb import load_rafdb
 from .split import ImageSplit, random_subset_index
 from .synthetic import synthetic_split
+from .validate import find_bad_samples, validate_split
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,15 @@ def load_split(cfg: TrainConfig, split: str) -> ImageSplit:
         total = cfg.synthetic_train_size if split == "train" else cfg.synthetic_test_size
         return synthetic_split(split, total, cfg.image_size, SYNTHETIC_SEED)
     if cfg.dataset == "rafdb":
-        return load_rafdb(cfg.data, split)
+        return load_rafdb(cfg.data, split, images=cfg.rafdb_images, landmarks=cfg.rafdb_landmarks,
+                          skip_bad=cfg.skip_bad_images)
     if cfg.dataset == "folder":
         return load_folder(cfg.data, split)
     raise ConfigError(f"unknown dataset {cfg.dataset!r}")
 
 
 def build_data(cfg: TrainConfig) -> FerData:
-    """Load the splits, cap their size, apply label noise and hold out a validation part if asked."""
+    """Load the splits, cap their size, check their images, apply label noise, hold out a validation part."""
     train = load_split(cfg, "train")
     test = load_split(cfg, "test")
     if train.class_names != test.class_names:
@@ -62,6 +67,9 @@ def build_data(cfg: TrainConfig) -> FerData:
         train = train.subset(random_subset_index(len(train), cfg.max_train_samples, SUBSET_SEED))
     if cfg.max_test_samples:
         test = test.subset(random_subset_index(len(test), cfg.max_test_samples, SUBSET_SEED + 1))
+    # Every image present and sound before the first epoch, not a decode error in the middle of one.
+    train = validate_split(train, skip=cfg.skip_bad_images, what="train")
+    test = validate_split(test, skip=cfg.skip_bad_images, what="test")
 
     k = train.num_classes
     if cfg.noise_file:
@@ -87,20 +95,29 @@ def build_data(cfg: TrainConfig) -> FerData:
 
 
 __all__ = [
+    "LOADER_KINDS",
+    "CachedLoader",
+    "DaliLoader",
     "FerData",
     "ImageSplit",
     "NoiseReport",
     "SplitLoader",
     "build_data",
+    "dali_available",
     "decode_image_file",
+    "default_loader",
+    "epoch_batches",
+    "find_bad_samples",
     "labels_from_file",
     "load_folder",
     "load_rafdb",
     "load_split",
+    "make_loader",
     "normalize",
     "random_hflip",
     "read_label_file",
     "symmetric_noise",
     "synthetic_split",
+    "validate_split",
     "write_label_file",
 ]

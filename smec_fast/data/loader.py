@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from smec_fast.errors import DataError
 
@@ -39,19 +39,55 @@ def decode_image_file(path: Path, size: int) -> torch.Tensor:
 
 
 class ImageFileDataset(Dataset):
-    """(image uint8 (3, S, S), label, index) of an image-file split; index is the position in the split."""
+    """(image uint8 (3, S, S), label, index) of an image-file split; index is the position in the split.
+
+    Splits with landmarks (RAF-DB's original photos) are aligned to the 100 x 100 face frame first.
+    """
 
     def __init__(self, split: ImageSplit, image_size: int):
         if split.paths is None:
             raise ValueError("ImageFileDataset needs a split of image files")
         self.split = split
         self.image_size = image_size
+        self.matrices = None  # (N, 2, 3) warp matrices of aligned splits
+        if split.landmarks is not None:
+            from .align import warp_matrices
+
+            self.matrices = warp_matrices(split.landmarks)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
-        return decode_image_file(self.split.paths[i], self.image_size), self.split.labels[i], i
+        if self.matrices is not None:
+            from .align import decode_aligned_image_file
+
+            image = decode_aligned_image_file(self.split.paths[i], self.matrices[i], self.image_size)
+        else:
+            image = decode_image_file(self.split.paths[i], self.image_size)
+        return image, self.split.labels[i], i
+
+    def __getitems__(self, indices: list[int]):
+        # DataLoader workers fetch whole batches through this. A decode error travels back as a
+        # DecodeFailure value, so the main process raises one DataError line instead of the worker's traceback.
+        try:
+            return [self[i] for i in indices]
+        except DataError as err:
+            return [DecodeFailure(str(err))]
+
+
+class DecodeFailure:
+    """The message of a DataError raised while a DataLoader worker decoded a batch."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def collate_or_failure(samples: list):
+    """default_collate, or the DecodeFailure when the batch could not be decoded."""
+    if samples and isinstance(samples[0], DecodeFailure):
+        return samples[0]
+    return default_collate(samples)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -70,17 +106,60 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_033 + epoch)
 
 
+def epoch_batches(n: int, batch_size: int, train: bool, seed: int = 0, epoch: int = 0, shard_id: int = 0,
+                  num_shards: int = 1) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The batches of one epoch on one shard: (index (b,) int64 positions in the split, flip (b,) bool or None).
+
+    Training epochs follow a permutation and coin flips drawn from a generator seeded by (seed, epoch), so
+    every loader kind sees the same batches and flips for the same (seed, epoch). Shard k of m takes the
+    positions k, k + m, k + 2m, ... of the epoch's order, so the shards are disjoint and together cover the
+    epoch. Training keeps n - n % m samples, the same number on every shard, and drops each shard's last
+    incomplete batch, so all ranks take the same number of steps; evaluation keeps every sample and the
+    last partial batch (shard sizes then differ by at most one sample). With m = 1 this is the plain epoch.
+    """
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard {shard_id} of {num_shards} does not exist")
+    if train:
+        generator = epoch_generator(seed, epoch)
+        order = torch.randperm(n, generator=generator)
+        flips = torch.rand(n, generator=generator) < 0.5
+        usable = n - n % num_shards
+    else:
+        order, flips, usable = torch.arange(n), None, n
+    positions = torch.arange(shard_id, usable, num_shards)
+    m = len(positions)
+    if m == 0:
+        return []
+    size = min(batch_size, m)
+    stop = m - m % size if train else m
+    return [(order[positions[i:i + size]], None if flips is None else flips[positions[i:i + size]])
+            for i in range(0, stop, size)]
+
+
+def batches_per_epoch(n: int, batch_size: int, train: bool, shard_id: int = 0, num_shards: int = 1) -> int:
+    """len(epoch_batches(...)) without drawing the epoch's permutation."""
+    usable = n - n % num_shards if train else n
+    m = len(range(shard_id, usable, num_shards))
+    if m == 0:
+        return 0
+    size = min(batch_size, m)
+    return m // size if train else -(-m // size)
+
+
 class SplitLoader:
     """Iterates a split as (images float (B, 3, S, S) normalised, labels (B,), index (B,)) on `device`.
 
     Training loaders (`train=True`) shuffle, flip half the images at random and drop the last incomplete
     batch (a batch of one would break BatchNorm); evaluation loaders keep the split's order.
     In-memory splits are moved to the device once, as uint8; image-file splits are decoded by DataLoader
-    workers.
+    workers. With num_shards > 1 the loader yields shard `shard_id`'s part of every epoch (see
+    epoch_batches), for one process of a multi-process run.
     """
 
     def __init__(self, split: ImageSplit, image_size: int, batch_size: int, device: torch.device,
-                 train: bool, seed: int = 0, num_workers: int = 0):
+                 train: bool, seed: int = 0, num_workers: int = 0, shard_id: int = 0, num_shards: int = 1):
+        if num_shards < 1 or not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard {shard_id} of {num_shards} does not exist")
         self.split = split
         self.image_size = image_size
         self.batch_size = batch_size
@@ -88,6 +167,8 @@ class SplitLoader:
         self.train = train
         self.seed = seed
         self.num_workers = num_workers
+        self.shard_id = shard_id
+        self.num_shards = num_shards
         self.epoch = 0
         self.labels = split.labels.to(device)
         if split.images is not None:
@@ -104,36 +185,31 @@ class SplitLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        n = len(self.split)
-        if not self.train:
-            order, flips = torch.arange(n), None
-        else:
-            generator = epoch_generator(self.seed, self.epoch)
-            order = torch.randperm(n, generator=generator)
-            flips = torch.rand(n, generator=generator) < 0.5
-        size = min(self.batch_size, n)
-        stop = n - n % size if self.train else n
-        return [order[i:i + size] for i in range(0, stop, size)], flips
+    def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
+                             self.shard_id, self.num_shards)
 
     def __len__(self) -> int:
-        return len(self._batches()[0])
+        return batches_per_epoch(len(self.split), self.batch_size, self.train, self.shard_id, self.num_shards)
 
     def __iter__(self):
-        batches, flips = self._batches()
+        batches = self._batches()
         if self.images is not None:
-            for pos, index in enumerate(batches):
+            for index, flip in batches:
                 index = index.to(self.device, non_blocking=True)
-                yield self._finish(self.images[index], index, flips, pos, len(index))
+                yield self._finish(self.images[index], index, flip)
             return
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+        loader = DataLoader(self.dataset, batch_sampler=[index.tolist() for index, _ in batches],
+                            num_workers=self.num_workers, collate_fn=collate_or_failure,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for pos, (images, _, index) in enumerate(loader):
+        for (_, flip), batch in zip(batches, loader):
+            if isinstance(batch, DecodeFailure):
+                raise DataError(batch.message)
+            images, _, index = batch
             index = index.to(self.device, non_blocking=True)
-            yield self._finish(images.to(self.device, non_blocking=True), index, flips, pos, len(index))
+            yield self._finish(images.to(self.device, non_blocking=True), index, flip)
 
-    def _finish(self, images, index, flips, pos, size):
-        if flips is not None:
-            start = pos * self.batch_size
-            images = random_hflip(images, flips[start:start + size].to(self.device, non_blocking=True))
+    def _finish(self, images, index, flip):
+        if flip is not None:
+            images = random_hflip(images, flip.to(self.device, non_blocking=True))
         return normalize(images), self.labels[index], index

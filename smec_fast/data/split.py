@@ -15,6 +15,9 @@ class ImageSplit:
     Either `paths` (image files, decoded by the loader) or `images` (in memory) is set.
     `names` identify samples in label and noise files (`train_00001.jpg`); `labels` are the labels trained
     on (noisy, when noise was applied) and `clean_labels` the labels before any noise.
+    `listed_at` says where each sample was listed (`.../list_patition_label.txt line 7`), for error messages;
+    `landmarks` holds the five facial landmarks of image-file splits that are aligned when loaded
+    (RAF-DB's original images, see align.py).
     """
 
     names: list[str]
@@ -23,6 +26,8 @@ class ImageSplit:
     paths: list[Path] | None = None
     images: torch.Tensor | None = None  # (N, 3, H, W) uint8
     clean_labels: torch.Tensor | None = None  # (N,) int64; None: same as labels
+    listed_at: list[str] | None = None  # (N,) label file and line of each sample; None: not from a label file
+    landmarks: torch.Tensor | None = None  # (N, 5, 2) float32 (x, y) pixel positions; None: no alignment
 
     def __post_init__(self) -> None:
         if (self.paths is None) == (self.images is None):
@@ -30,6 +35,10 @@ class ImageSplit:
         n = len(self.names)
         if self.labels.shape != (n,) or len(self.paths if self.paths is not None else self.images) != n:
             raise ValueError("ImageSplit: names, labels and images differ in length")
+        if self.listed_at is not None and len(self.listed_at) != n:
+            raise ValueError("ImageSplit: listed_at and names differ in length")
+        if self.landmarks is not None and (self.paths is None or self.landmarks.shape != (n, 5, 2)):
+            raise ValueError("ImageSplit: landmarks must be (N, 5, 2) and belong to a split of image files")
         if self.clean_labels is None:
             self.clean_labels = self.labels.clone()
 
@@ -50,6 +59,8 @@ class ImageSplit:
             clean_labels=self.clean_labels[index],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             images=None if self.images is None else self.images[index],
+            listed_at=None if self.listed_at is None else [self.listed_at[i] for i in idx],
+            landmarks=None if self.landmarks is None else self.landmarks[index],
         )
 
     def with_labels(self, labels: torch.Tensor) -> "ImageSplit":
