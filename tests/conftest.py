@@ -37,3 +37,22 @@ def device() -> torch.device:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def kernel_test_device() -> str:
+    """Device of the Triton kernel tests: $TORCH_DEVICE, else CUDA when present, else the CPU."""
+    return os.environ.get("TORCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# On the CPU the Triton kernels run in Triton's interpreter, which has to be switched on before triton
+# decorates any kernel, that is before a test module imports smec_fast.kernels.
+if kernel_test_device() == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def kernel_device() -> torch.device:
+    device = torch.device(kernel_test_device())
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels on the CPU need TRITON_INTERPRET=1")
+    return device
