@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -149,6 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     metrics = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, process 0 reports
+        return 0
     print(f"{cfg.method}: best accuracy {metrics['best_accuracy']:.2f}, final accuracy "
           f"{metrics['final_accuracy']:.2f}, final balanced accuracy {metrics['final_balanced_accuracy']:.2f} "
           f"-> {Path(cfg.out) / 'metrics.json'}")

@@ -16,6 +16,7 @@ from torch import nn
 
 from smec_fast.augment import random_erasing
 from smec_fast.config import TrainConfig, default_lambda_con
+from smec_fast.distributed import shard_of_batch, sync_rows_
 from smec_fast.losses import ElrCrossEntropy, SplitMergeConsistency
 from smec_fast.model import FEATURE_CHANNELS
 from smec_fast.split_merge import split_and_flip
@@ -25,6 +26,13 @@ class TrainingMethod(nn.Module):
     """Base class: a loss over (model, batch), with hooks the trainer calls."""
 
     name = ""
+    # Buffers of shape (N, ...) that a step updates at its samples' dataset indices.
+    sample_state: tuple[str, ...] = ()
+
+    def sync_state(self, index: torch.Tensor) -> None:
+        """Under torchrun, give every process the per-sample updates all processes made this step."""
+        for name in self.sample_state:
+            sync_rows_(self.get_buffer(name), index)
 
     def start_epoch(self, epoch: int, seed: int) -> None:
         """Called before every training epoch."""
@@ -52,6 +60,7 @@ class ElrMethod(TrainingMethod):
     """Cross-entropy plus ELR (the `elr` baseline, SMEC's classification loss alone; eq. 4)."""
 
     name = "elr"
+    sample_state = ("elr.targets",)
 
     def __init__(self, num_samples: int, num_classes: int, beta: float, lam: float):
         super().__init__()
@@ -79,6 +88,7 @@ class SmecMethod(TrainingMethod):
                  use_elr: bool = True, warmup_epochs: float = 0.0):
         super().__init__()
         self.elr = ElrCrossEntropy(num_samples, num_classes, beta, lam) if use_elr else None
+        self.sample_state = ("elr.targets",) if use_elr else ()
         self.consistency = SplitMergeConsistency(grid, detach_weight, detach_original)
         self.lambda_con = lambda_con
         self.warmup_epochs = warmup_epochs
@@ -127,7 +137,8 @@ class EacMethod(TrainingMethod):
         self.generator = _epoch_generator(seed, epoch, stream=1)
 
     def forward(self, model, images, labels, index):
-        erased = random_erasing(images, self.generator, p=self.erase_p, scale=self.erase_scale)
+        erased = random_erasing(images, self.generator, p=self.erase_p, scale=self.erase_scale,
+                                shard=shard_of_batch())
         logits, feat = model(erased)
         _, feat_flip = model(split_and_flip(erased, (1, 1)))
         loss_ce = F.cross_entropy(logits.float(), labels)
@@ -148,9 +159,11 @@ class ScnMethod(TrainingMethod):
       probability exceeds the probability of its label by more than margin_relabel = 0.2 takes the
       predicted class as its label from then on. beta = 0.7.
     Loss: CE + L_RR. At test time the plain classifier is used (a positive alpha does not change argmax).
+    Under torchrun, the importance ranking runs within each process's share of the batch.
     """
 
     name = "scn"
+    sample_state = ("labels",)
 
     def __init__(self, labels: torch.Tensor, beta: float = 0.7, margin_rank: float = 0.15,
                  margin_relabel: float = 0.2, relabel_epoch: int = 10):
@@ -199,7 +212,8 @@ class RulMethod(TrainingMethod):
     classifier must explain the mix with both labels (the "add-up" loss):
         L = mean_i [ w_i CE(fc(w_i f_i + w_j f_j), y_i) + w_j CE(fc(w_i f_i + w_j f_j), y_j) ].
     A sample that is hard to fit lowers its confidence and so its weight. The branch is an MLP 512-128-1.
-    At test time the plain classifier is used on each image's own features.
+    At test time the plain classifier is used on each image's own features. Under torchrun, samples are
+    paired within each process's share of the batch.
     """
 
     name = "rul"

@@ -27,9 +27,20 @@ from tqdm.auto import tqdm
 
 import smec_fast
 from smec_fast.config import TrainConfig, config_from_dict
-from smec_fast.data import FerData, SplitLoader, build_data, write_label_file
+from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
+from smec_fast.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    broadcast_from_main,
+    convert_batchnorm,
+    process_device,
+    setup_distributed,
+    shard_batch_size,
+    teardown_distributed,
+)
 from smec_fast.errors import CheckpointError, ConfigError, SmecFastError
 from smec_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from smec_fast.kernels import set_kernel_backend
 from smec_fast.methods import build_method, resolve_lambda_con
 from smec_fast.metrics import confusion_matrix, summarize
 from smec_fast.model import FerResNet18, load_pretrained
@@ -39,7 +50,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
 # Options that may change when a run is resumed; any other difference is refused.
-RESUMABLE_CHANGES = {"out", "resume", "progress", "num_workers", "device", "epochs"}
+RESUMABLE_CHANGES = {"out", "resume", "progress", "num_workers", "device", "epochs", "dist_timeout", "kernels",
+                     "loader"}
 LOG_INTERVAL = 20  # steps between progress-bar updates (each reads the loss back from the device)
 
 
@@ -68,7 +80,7 @@ def autocast_context(device: torch.device, amp: str):
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: SplitLoader, class_names, amp: str = "off") -> dict:
-    """Metrics of `model` on a split (eval mode, no augmentation)."""
+    """Metrics of `model` on a split (eval mode, no augmentation); under torchrun, on the whole split."""
     model.eval()
     k = len(class_names)
     cm = torch.zeros(k, k, dtype=torch.long, device=loader.device)
@@ -76,14 +88,25 @@ def evaluate(model: torch.nn.Module, loader: SplitLoader, class_names, amp: str 
         with autocast_context(loader.device, amp):
             logits, _ = model(images)
         cm += confusion_matrix(logits.argmax(1), labels, k).to(cm.device)
-    return summarize(cm.cpu(), class_names)
+    return summarize(all_reduce_sum(cm).cpu(), class_names)  # every process scored its shard
 
 
-def train_one_epoch(model, method, optimizer, scaler, loader: SplitLoader, epoch: int, cfg: TrainConfig,
-                    bar: tqdm | None) -> dict[str, float]:
-    """One pass over the training split; returns the mean of each loss part."""
-    model.train()
-    method.train()
+class TrainingObjective(torch.nn.Module):
+    """Model and method as one module, so that one forward computes a step's loss (DDP wraps this)."""
+
+    def __init__(self, model: torch.nn.Module, method: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, images, labels, index):
+        return self.method(self.model, images, labels, index)
+
+
+def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loader: SplitLoader, epoch: int,
+                    cfg: TrainConfig, bar: tqdm | None) -> dict[str, float]:
+    """One pass over the training split; returns the mean of each loss part (over all processes)."""
+    objective.train()
     loader.set_epoch(epoch)
     sums: dict[str, torch.Tensor] = {}
     steps = 0
@@ -92,7 +115,8 @@ def train_one_epoch(model, method, optimizer, scaler, loader: SplitLoader, epoch
     for images, labels, index in loader:
         method.set_progress(epoch + steps / steps_per_epoch)
         with autocast_context(loader.device, cfg.amp):
-            loss, parts = method(model, images, labels, index)
+            loss, parts = objective(images, labels, index)
+        method.sync_state(index)  # per-sample state the step updated, shared with the other processes
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -107,7 +131,10 @@ def train_one_epoch(model, method, optimizer, scaler, loader: SplitLoader, epoch
                 bar.set_postfix(loss=f"{(sums['loss'] / steps).item():.4f}")
     if steps == 0:
         raise ConfigError(f"no training batch: {len(loader.split)} images with --batch-size {cfg.batch_size}")
-    means = {name: (total / steps).item() for name, total in sums.items()}
+    names = list(sums)
+    totals = all_reduce_sum(torch.stack([sums[n] for n in names]))  # each process saw equal shares
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    means = dict(zip(names, (totals / (steps * world)).tolist()))
     if not all(math.isfinite(v) for v in means.values()):
         raise TrainingDiverged(f"the training loss became {means['loss']} in epoch {epoch + 1}; "
                                f"try a lower --lr (now {cfg.lr})")
@@ -181,15 +208,53 @@ def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: fl
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train one run as configured and return its metrics (also written to `cfg.out/metrics.json`)."""
+    """Train one run as configured and return its metrics (also written to `cfg.out/metrics.json`).
+
+    Under torchrun every process calls this; process 0 writes all files.
+    """
     cfg.validate()
-    out = Path(cfg.out)
-    checkpoint_path = out / "checkpoint.pt"
+    device = resolve_device(cfg.device)
+    context = setup_distributed(device, cfg.dist_timeout)
+    try:
+        return _train(cfg, process_device(device, context), context)
+    except torch.distributed.DistError as err:
+        raise SmecFastError(
+            f"process {context.rank} of {context.world_size} lost contact with the others ({_first_line(err)}); "
+            f"a process died or hung. The last finished epoch is in {Path(cfg.out) / 'checkpoint.pt'}: run "
+            f"the same command with --resume") from err
+    finally:
+        teardown_distributed()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _load_resume_state(cfg: TrainConfig, checkpoint_path: Path) -> dict | None:
+    """The checkpoint to continue from (None to start afresh); refuses to overwrite a finished run."""
+    out = checkpoint_path.parent
     if not cfg.resume and (checkpoint_path.exists() or (out / "metrics.json").exists()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    device = resolve_device(cfg.device)
+    if cfg.resume and checkpoint_path.exists():
+        state = read_checkpoint(checkpoint_path)
+        _check_resumable(state["config"], cfg, checkpoint_path)
+        return state
+    if cfg.resume:
+        log.info("%s holds no checkpoint yet; starting a new run", out)
+    return None
+
+
+def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) -> dict:
+    out = Path(cfg.out)
+    checkpoint_path = out / "checkpoint.pt"
+    main = context.is_main
     if cfg.method == "smec":
         check_grid(cfg.image_size, cfg.image_size, cfg.grid)
+    per_process_batch = shard_batch_size(cfg.batch_size, context)
+    set_kernel_backend(cfg.kernels)
+    # Process 0 reads the checkpoint (other nodes may not see the output folder) and shares it.
+    state = broadcast_from_main(lambda: _load_resume_state(cfg, checkpoint_path), context)
 
     data = build_data(cfg)
     k = data.train.num_classes
@@ -198,8 +263,19 @@ def train(cfg: TrainConfig) -> dict:
     model = FerResNet18(num_classes=k)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
+    method = build_method(cfg, data.train.labels, k, data.noise.rate)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+    if context.enabled:
+        model = convert_batchnorm(model, device)  # statistics over the global batch
     model.to(device)
-    method = build_method(cfg, data.train.labels, k, data.noise.rate).to(device)
+    method.to(device)
+    objective = TrainingObjective(model, method)
+    if context.enabled:
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)  # batch norm statistics are global already; sample state is synced
     # Methods with heads of their own (SCN's attention, RUL's uncertainty) train them with the model.
     parameters = list(model.parameters()) + list(method.parameters())
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
@@ -208,42 +284,42 @@ def train(cfg: TrainConfig) -> dict:
 
     history: list[dict] = []
     start_epoch = 0
-    if cfg.resume and checkpoint_path.exists():
-        state = read_checkpoint(checkpoint_path)
-        _check_resumable(state["config"], cfg, checkpoint_path)
-        model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history = state["history"]
         start_epoch = state["epoch"]
-        log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
-    elif cfg.resume:
-        log.info("%s holds no checkpoint yet; starting a new run", out)
+        if main:
+            log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
+    del state
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a process killed while writing a file atomically
-        stale.unlink(missing_ok=True)
-    atomic_write_json(out / "config.json", cfg.to_dict())
-    write_label_file(out / "train_labels.txt", data.train.names, data.train.labels)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a process killed while writing a file atomically
+            stale.unlink(missing_ok=True)
+        atomic_write_json(out / "config.json", cfg.to_dict())
+        write_label_file(out / "train_labels.txt", data.train.names, data.train.labels)
 
-    loader_args = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, device=device,
-                       num_workers=cfg.num_workers)
-    train_loader = SplitLoader(data.train, train=True, seed=cfg.seed, **loader_args)
-    test_loader = SplitLoader(data.test, train=False, **loader_args)
-    val_loader = SplitLoader(data.val, train=False, **loader_args) if data.val is not None else None
-    log.info("%s on %s: %d train / %d test images, %d classes, noise %.1f %% (%s), device %s",
-             cfg.method, cfg.dataset, len(data.train), len(data.test), k, 100 * data.noise.rate,
-             data.noise.source, device)
+    kind = cfg.loader if cfg.loader != "auto" else default_loader(device, data.train, cfg.image_size)
+    loader_args = dict(image_size=cfg.image_size, batch_size=per_process_batch, device=device,
+                       num_workers=cfg.num_workers, shard_id=context.rank, num_shards=context.world_size)
+    train_loader = make_loader(kind, data.train, train=True, seed=cfg.seed, **loader_args)
+    test_loader = make_loader(kind, data.test, train=False, **loader_args)
+    val_loader = make_loader(kind, data.val, train=False, **loader_args) if data.val is not None else None
+    if main:
+        log.info("%s on %s: %d train / %d test images, %d classes, noise %.1f %% (%s), device %s, %s loader%s",
+                 cfg.method, cfg.dataset, len(data.train), len(data.test), k, 100 * data.noise.rate,
+                 data.noise.source, device, kind, f", {context.world_size} processes" if context.enabled else "")
 
+    progress = cfg.progress and main
     started = time.perf_counter() - sum(h["time_s"] for h in history)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+        with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                   leave=False, dynamic_ncols=True) as bar:
-            train_stats = train_one_epoch(model, method, optimizer, scaler, train_loader, epoch, cfg,
-                                          bar if cfg.progress else None)
+            train_stats = train_one_epoch(objective, method, optimizer, scaler, train_loader, epoch, cfg,
+                                          bar if progress else None)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         entry = {"epoch": epoch + 1, "lr": lr, "train": train_stats}
@@ -252,11 +328,12 @@ def train(cfg: TrainConfig) -> dict:
         entry["test"] = evaluate(model, test_loader, data.class_names, cfg.amp)
         entry["time_s"] = time.perf_counter() - t0
         history.append(entry)
+        if not main:
+            continue
         message = (f"epoch {epoch + 1}/{cfg.epochs}  loss {train_stats['loss']:.4f}  "
                    f"test acc {entry['test']['accuracy']:.2f}  bal {entry['test']['balanced_accuracy']:.2f}  "
                    f"({entry['time_s']:.1f} s)")
         tqdm.write(message) if cfg.progress else log.info(message)
-
         atomic_write_text(out / "log.csv", _history_csv(history))
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT,
@@ -272,7 +349,10 @@ def train(cfg: TrainConfig) -> dict:
         }, checkpoint_path)
 
     metrics = results(cfg, data, history, lambda_con, device, time.perf_counter() - started)
-    atomic_write_json(out / "metrics.json", metrics)
+    if context.enabled:
+        metrics["environment"]["processes"] = context.world_size
+    if main:
+        atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -11,7 +11,7 @@ import torch
 from smec_fast.config import resolve_config
 from smec_fast.data import loader as loader_module
 from smec_fast.data.noise import read_label_file
-from smec_fast.errors import ConfigError
+from smec_fast.errors import ConfigError, DataError
 from smec_fast.trainer import read_checkpoint, train
 
 TINY = dict(image_size=32, synthetic_train_size=160, synthetic_test_size=64, batch_size=32, epochs=3,
@@ -126,3 +126,85 @@ def test_cli_writes_a_noise_file(tmp_path, shared):
     noisy, clean = read_label_file(out, 7), read_label_file(labels, 7)
     assert len(noisy) == 12271
     assert sum(noisy[name] != clean[name] for name in noisy) == round(0.4 * 12271)
+
+
+@pytest.fixture(scope="module")
+def fer_subset(tmp_path_factory, shared):
+    """A small class-folder dataset: 12 training and 4 test FER2013 faces per class."""
+    root = tmp_path_factory.mktemp("fer_subset")
+    for split, source, count in (("train", "train", 12), ("test", "val", 4)):
+        for class_dir in sorted((shared / "data" / "fer2013" / source).iterdir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:count]:
+                (target / image.name).write_bytes(image.read_bytes())
+    return root
+
+
+def _folder_run(out, data, **overrides):
+    values = dict(dataset="folder", data=str(data), out=str(out), image_size=32, batch_size=16, epochs=1,
+                  method="elr", progress=False, num_workers=1)
+    return train(resolve_config(cli_values={**values, **overrides}))
+
+
+def test_every_loader_trains_the_same_batches(tmp_path, fer_subset):
+    # 48 px faces enlarged to 64: the loaders' bilinear filters agree to one grey level of rounding (when
+    # shrinking, DALI treats the border pixels differently), so the same batches and flips give nearly the
+    # same loss.
+    runs = {kind: _folder_run(tmp_path / kind, fer_subset, loader=kind, image_size=64)
+            for kind in ("torch", "cached", "dali")}
+    reference = runs["torch"]["history"][0]["train"]["loss"]
+    for kind, metrics in runs.items():
+        assert metrics["history"][0]["train"]["loss"] == pytest.approx(reference, rel=5e-3), kind
+        assert metrics["num_train"] == 84 and metrics["num_test"] == 28
+
+
+def test_bad_training_image_stops_the_run_or_is_skipped(tmp_path, fer_subset):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fer_subset, data)
+    victim = sorted((data / "train" / "fear").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
+    with pytest.raises(DataError, match=f"{victim.name}: corrupt JPEG, truncated"):
+        _folder_run(tmp_path / "stop", data)
+    metrics = _folder_run(tmp_path / "skip", data, skip_bad_images=True)
+    assert metrics["num_train"] == 83
+
+
+@pytest.mark.parametrize("method", ["smec", "elr"])
+def test_fused_and_reference_kernels_give_the_same_step(tmp_path, method):
+    """The objective's loss and every parameter gradient agree between --kernels fused and reference. (Whole
+    runs are not compared: Adam turns float-rounding differences into lr-sized steps, which a few steps of
+    from-scratch training amplify.)"""
+    import copy
+
+    from smec_fast.data import SplitLoader, synthetic_split
+    from smec_fast.kernels import kernel_backend
+    from smec_fast.methods import build_method
+    from smec_fast.model import FerResNet18
+
+    split = synthetic_split("train", 64, 32, seed=0)
+    images, labels, index = next(iter(SplitLoader(split, 32, 32, torch.device("cpu"), train=True)))
+    cfg = resolve_config(cli_values={"method": method, "noise_rate": 0.3})
+    model, objective = FerResNet18(7), build_method(cfg, split.labels, 7, 0.3)
+    results = {}
+    for backend in ("fused", "reference"):
+        m, o = copy.deepcopy(model), copy.deepcopy(objective)
+        with kernel_backend(backend):
+            loss, _ = o(m, images, labels, index)
+        loss.backward()
+        results[backend] = loss.detach(), {n: p.grad for n, p in m.named_parameters()}, o.elr.targets
+    (loss_f, grads_f, targets_f), (loss_r, grads_r, targets_r) = results["fused"], results["reference"]
+    torch.testing.assert_close(loss_f, loss_r, rtol=1e-6, atol=0)
+    assert torch.equal(targets_f, targets_r)
+    for name, grad in grads_r.items():
+        torch.testing.assert_close(grads_f[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(), msg=name)
+
+
+def test_run_selects_the_kernel_backend(tmp_path):
+    from smec_fast.kernels import get_kernel_backend, set_kernel_backend
+
+    train(tiny_config(tmp_path / "reference", epochs=1, kernels="reference"))
+    assert get_kernel_backend() == "reference"
+    set_kernel_backend("fused")
