@@ -63,8 +63,9 @@ def resnet_map_size(pixels: int) -> int:
 def git_sha() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "kernels", "bench"], cwd=REPO, capture_output=True,
-                               text=True, check=True)
+        # Results files themselves do not make the measured code dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "kernels", "bench", ":!bench/results"], cwd=REPO,
+                               capture_output=True, text=True, check=True)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
