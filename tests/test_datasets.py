@@ -1,4 +1,3 @@
-from collections import Counter
 from pathlib import Path
 
 import pytest

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from smec_fast.errors import DataError
+from .loader import decode_rgb, pil_to_tensor, resize_like_reference
 
 ALIGNED_SIZE = 100  # side of the aligned face, as RAF-DB's own aligned images
 # Five points of a frontal face in the 100 x 100 aligned frame, pixel positions (x, y): left eye, right eye,
@@ -121,15 +120,8 @@ def decode_aligned_image_file(path: Path, matrix: torch.Tensor, size: int | None
     """(3, S, S) uint8: the photo decoded with PIL, warped to the 100 x 100 aligned frame by `matrix` (2, 3)
     and, when `size` is given and differs, resized with PIL's antialiased bilinear filter (as
     loader.decode_image_file resizes)."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: cannot decode image ({reason})") from None
-    photo = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+    photo = pil_to_tensor(decode_rgb(path)).unsqueeze(0)  # (1, 3, H, W)
     face = to_uint8(warp_reference(photo, matrix.unsqueeze(0)))[0]  # (3, 100, 100)
     if size is None or size == ALIGNED_SIZE:
         return face
-    resized = Image.fromarray(face.permute(1, 2, 0).numpy()).resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
+    return pil_to_tensor(resize_like_reference(Image.fromarray(face.permute(1, 2, 0).numpy()), size))  # (3, S, S)

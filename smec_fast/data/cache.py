@@ -21,13 +21,10 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 from PIL import Image
 
-from smec_fast.errors import DataError
-
-from .loader import IMAGENET_MEAN, IMAGENET_STD, batches_per_epoch, epoch_batches
+from .loader import IMAGENET_MEAN, IMAGENET_STD, EpochLoader, decode_rgb, pil_to_tensor, resize_like_reference
 from .split import ImageSplit
 
 log = logging.getLogger(__name__)
@@ -89,13 +86,7 @@ class NativeImageDataset:
             from .align import decode_aligned_image_file
 
             return decode_aligned_image_file(path, self.matrices[i], None)
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise DataError(f"{path}: cannot decode image ({reason})") from None
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, h, w)
+        return pil_to_tensor(decode_rgb(path))  # (3, h, w)
 
     def decode_range(self, start: int, stop: int) -> list[torch.Tensor]:
         return [self[i] for i in range(start, stop)]
@@ -115,13 +106,6 @@ def cache_bytes(split: ImageSplit, image_size: int) -> int:
     except (OSError, ValueError, Image.DecompressionBombError):
         w = h = image_size
     return len(split) * 3 * h * w
-
-
-def resize_like_reference(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, h, w) uint8 -> (3, size, size) uint8 with PIL's antialiased bilinear filter, as
-    loader.decode_image_file resizes."""
-    resized = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def decode_split(split: ImageSplit, image_size: int, num_workers: int = 0, chunk: int = 256) -> torch.Tensor:
@@ -146,12 +130,13 @@ def decode_split(split: ImageSplit, image_size: int, num_workers: int = 0, chunk
     sizes = {tuple(image.shape) for image in images}
     if len(sizes) > 1:
         log.info("images of %d sizes: caching them at %d x %d", len(sizes), image_size, image_size)
-        images = [image if image.shape[-2:] == (image_size, image_size) else resize_like_reference(image, image_size)
+        images = [image if image.shape[-2:] == (image_size, image_size)
+                  else pil_to_tensor(resize_like_reference(Image.fromarray(image.permute(1, 2, 0).numpy()), image_size))
                   for image in images]
     return torch.stack(images)  # (N, 3, h, w)
 
 
-class CachedLoader:
+class CachedLoader(EpochLoader):
     """Same interface and batches as loader.SplitLoader, from a uint8 cache of the split on `device`.
 
     The split is decoded once, at construction (by `num_workers` threads). Batches follow
@@ -160,19 +145,7 @@ class CachedLoader:
 
     def __init__(self, split: ImageSplit, image_size: int, batch_size: int, device: torch.device, train: bool,
                  seed: int = 0, num_workers: int = 0, shard_id: int = 0, num_shards: int = 1):
-        if num_shards < 1 or not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard {shard_id} of {num_shards} does not exist")
-        self.split = split
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.train = train
-        self.seed = seed
-        self.num_workers = num_workers
-        self.shard_id = shard_id
-        self.num_shards = num_shards
-        self.epoch = 0
-        self.labels = split.labels.to(self.device)
+        super().__init__(split, image_size, batch_size, device, train, seed, num_workers, shard_id, num_shards)
         images = decode_split(split, image_size, num_workers)  # (N, 3, h, w) uint8
         if self.device.type == "cuda":
             images = images.pin_memory()
@@ -186,16 +159,8 @@ class CachedLoader:
         self.inv_std255 = (1.0 / std255).view(1, 3, 1, 1).to(self.device)
         self.buffers = HostBatchBuffers() if self.device.type == "cpu" else None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return batches_per_epoch(len(self.split), self.batch_size, self.train, self.shard_id, self.num_shards)
-
     def __iter__(self):
-        batches = epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
-                                self.shard_id, self.num_shards)
-        for index, flip in batches:
+        for index, flip in self._batches():
             index = index.to(self.device, non_blocking=True)
             if flip is not None:
                 flip = flip.to(self.device, non_blocking=True)

@@ -33,7 +33,7 @@ import torch
 from smec_fast.errors import ConfigError, DataError
 
 from .cache import HostBatchBuffers
-from .loader import IMAGENET_MEAN, IMAGENET_STD, batches_per_epoch, decode_image_file, epoch_batches
+from .loader import IMAGENET_MEAN, IMAGENET_STD, EpochLoader, decode_image_file
 from .split import ImageSplit
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130"
@@ -89,7 +89,7 @@ class BatchFeed:
         return files, mirror, [self.matrices[i] for i in index.tolist()]
 
 
-class DaliLoader:
+class DaliLoader(EpochLoader):
     """Same interface and batches as loader.SplitLoader, decoded and transformed by a DALI pipeline.
 
     `num_workers` is the number of DALI CPU threads. The pipeline is built on the first iteration and
@@ -102,21 +102,9 @@ class DaliLoader:
                  prefetch: int = 2):
         if split.paths is None:
             raise ValueError("DaliLoader reads image files; this split is held in memory")
-        if num_shards < 1 or not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard {shard_id} of {num_shards} does not exist")
+        super().__init__(split, image_size, batch_size, device, train, seed, num_workers, shard_id, num_shards)
         self._dali = import_dali()
-        self.split = split
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.train = train
-        self.seed = seed
-        self.num_workers = num_workers
-        self.shard_id = shard_id
-        self.num_shards = num_shards
         self.prefetch = prefetch
-        self.epoch = 0
-        self.labels = split.labels.to(self.device)
         matrices = None  # (N, 2, 3) float32 warp matrices of aligned splits
         if split.landmarks is not None:
             from .align import warp_matrices
@@ -127,12 +115,6 @@ class DaliLoader:
         self.buffers = HostBatchBuffers() if self.device.type == "cpu" else None
         self._pipe = None
         self._pipe_ready = False  # built and not in the middle of an epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return batches_per_epoch(len(self.split), self.batch_size, self.train, self.shard_id, self.num_shards)
 
     def _build(self):
         Pipeline, fn, types, _ = self._dali
@@ -165,8 +147,7 @@ class DaliLoader:
         return pipe
 
     def __iter__(self):
-        batches = epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
-                                self.shard_id, self.num_shards)
+        batches = self._batches()
         if not batches:
             return
         if not self._pipe_ready:

@@ -23,19 +23,30 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def decode_image_file(path: Path, size: int) -> torch.Tensor:
-    """(3, size, size) uint8 RGB image: decoded with PIL (greyscale, palette and RGBA made RGB) and resized
-    with PIL's antialiased bilinear filter."""
+def decode_rgb(path: Path) -> Image.Image:
+    """The image file decoded with PIL and made RGB (greyscale, palette and RGBA alike); DataError names the
+    file when it cannot be."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+            return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path}: cannot decode image ({reason})") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, S, S)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 tensor of an RGB PIL image."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def resize_like_reference(image: Image.Image, size: int) -> Image.Image:
+    """PIL's antialiased bilinear resize to size x size: the reference every loader's resize is checked against."""
+    return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def decode_image_file(path: Path, size: int) -> torch.Tensor:
+    """(3, size, size) uint8 RGB image: decoded with PIL and resized with its antialiased bilinear filter."""
+    return pil_to_tensor(resize_like_reference(decode_rgb(path), size))
 
 
 class ImageFileDataset(Dataset):
@@ -146,7 +157,39 @@ def batches_per_epoch(n: int, batch_size: int, train: bool, shard_id: int = 0, n
     return m // size if train else -(-m // size)
 
 
-class SplitLoader:
+class EpochLoader:
+    """What every loader kind shares: the split, the training size and batch, the device, and this process's
+    shard of each epoch's plan (epoch_batches). Subclasses turn the plan into batches of
+    (images float32 (B, 3, S, S) normalised, labels (B,) int64, index (B,) int64) on `device`."""
+
+    def __init__(self, split: ImageSplit, image_size: int, batch_size: int, device: torch.device | str,
+                 train: bool, seed: int = 0, num_workers: int = 0, shard_id: int = 0, num_shards: int = 1):
+        if num_shards < 1 or not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard {shard_id} of {num_shards} does not exist")
+        self.split = split
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.train = train
+        self.seed = seed
+        self.num_workers = num_workers
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        self.epoch = 0
+        self.labels = split.labels.to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
+                             self.shard_id, self.num_shards)
+
+    def __len__(self) -> int:
+        return batches_per_epoch(len(self.split), self.batch_size, self.train, self.shard_id, self.num_shards)
+
+
+class SplitLoader(EpochLoader):
     """Iterates a split as (images float (B, 3, S, S) normalised, labels (B,), index (B,)) on `device`.
 
     Training loaders (`train=True`) shuffle, flip half the images at random and drop the last incomplete
@@ -158,39 +201,17 @@ class SplitLoader:
 
     def __init__(self, split: ImageSplit, image_size: int, batch_size: int, device: torch.device,
                  train: bool, seed: int = 0, num_workers: int = 0, shard_id: int = 0, num_shards: int = 1):
-        if num_shards < 1 or not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard {shard_id} of {num_shards} does not exist")
-        self.split = split
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.device = device
-        self.train = train
-        self.seed = seed
-        self.num_workers = num_workers
-        self.shard_id = shard_id
-        self.num_shards = num_shards
-        self.epoch = 0
-        self.labels = split.labels.to(device)
+        super().__init__(split, image_size, batch_size, device, train, seed, num_workers, shard_id, num_shards)
         if split.images is not None:
             images = split.images
             if images.shape[-2:] != (image_size, image_size):
                 images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
                                        antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
-            self.images = images.to(device)
+            self.images = images.to(self.device)
             self.dataset = None
         else:
             self.images = None
             self.dataset = ImageFileDataset(split, image_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        return epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
-                             self.shard_id, self.num_shards)
-
-    def __len__(self) -> int:
-        return batches_per_epoch(len(self.split), self.batch_size, self.train, self.shard_id, self.num_shards)
 
     def __iter__(self):
         batches = self._batches()
