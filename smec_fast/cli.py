@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from smec_fast.config import FIELDS, coerce, load_config_file, resolve_config, unknown_key_message
-from smec_fast.errors import ConfigError, SmecFastError
+from smec_fast.errors import ConfigError, SmecFastError, first_line
 
 PROG = "smec-fast"
 
@@ -196,10 +196,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
     from PIL import Image
 
-    from smec_fast.inference import cam_overlay, list_images, load_trained_model, predict_files
+    from smec_fast.inference import cam_overlay, display_image, list_images, load_trained_model, predict_files
     from smec_fast.io import atomic_write_bytes, atomic_write_text
     from smec_fast.trainer import resolve_device
 
@@ -219,17 +218,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     atomic_write_text(args.out, buffer.getvalue())
 
     if args.cam:
-        import torch
-
         for p in predictions:
-            with Image.open(p.path) as image:
-                image = image.convert("RGB")
-                scale = min(512 / max(image.size), max(1.0, 224 / max(image.size)))
-                if scale != 1.0:
-                    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                         Image.Resampling.BILINEAR)
-                pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-            overlay = cam_overlay(pixels, p.cam).permute(1, 2, 0).numpy()
+            overlay = cam_overlay(display_image(p.path), p.cam).permute(1, 2, 0).numpy()
             relative = p.path.relative_to(root) if root.is_dir() else Path(p.path.name)
             png = io.BytesIO()
             Image.fromarray(overlay).save(png, format="PNG")
@@ -327,11 +317,6 @@ def cmd_noise(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -354,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except SmecFastError as err:
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
@@ -365,6 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # anything unforeseen still ends in one line, with the traceback behind --debug
         if debug:
             raise
-        print(f"{PROG}: error: {type(err).__name__}: {_one_line(err)} (run with --debug for the traceback)",
+        print(f"{PROG}: error: {type(err).__name__}: {first_line(err)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from smec_fast.errors import ConfigError
+from smec_fast.errors import ConfigError, first_line
 
 METHODS = ("smec", "ce", "elr", "eac", "scn", "rul")
 DATASETS = ("synthetic", "rafdb", "folder")
@@ -257,7 +257,7 @@ def load_config_file(path: str | Path) -> dict:
             raw = yaml.safe_load(text)
     except Exception as err:  # yaml and json raise different error types
         raise ConfigError(f"config file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                          f"{str(err).splitlines()[0]}") from None
+                          f"{first_line(err)}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

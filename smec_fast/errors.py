@@ -15,3 +15,10 @@ class DataError(SmecFastError):
 
 class CheckpointError(SmecFastError):
     """A checkpoint or weight file cannot be used."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line
+    error reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from smec_fast.config import TrainConfig, config_from_dict
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from smec_fast.data.loader import decode_image_file, normalize
+from smec_fast.data.loader import decode_image_file, decode_rgb, normalize, pil_to_tensor
 from smec_fast.errors import CheckpointError, DataError
 from smec_fast.kernels import cam
 from smec_fast.model import FerResNet18
@@ -145,20 +145,18 @@ def cam_overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5) 
     return (blended.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def display_image(path: Path, long_side: int = 224) -> torch.Tensor:
-    """(3, H, W) uint8 RGB image resized so that its long side is `long_side`, aspect kept, for figures."""
-    import numpy as np
+def display_image(path: Path, min_side: int = 224, max_side: int = 512) -> torch.Tensor:
+    """(3, H, W) uint8 RGB image for figures, aspect kept, resized so that its long side lies in
+    [min_side, max_side]."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = long_side / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.BILINEAR)
-            return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from None
+    image = decode_rgb(path)
+    long_side = max(image.size)
+    scale = min(max_side, max(min_side, long_side)) / long_side
+    if scale != 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BILINEAR)
+    return pil_to_tensor(image)
 
 
 def _model_input(source: Path | torch.Tensor, size: int) -> torch.Tensor:
@@ -182,7 +180,7 @@ def cam_panels(models: list[TrainedModel], sources: list[Path | torch.Tensor], l
     rows = []
     for source, label in zip(sources, labels):
         if isinstance(source, Path):
-            shown_image = display_image(source, display_size)
+            shown_image = display_image(source, display_size, display_size)
         else:
             scale = display_size / max(source.shape[-2:])
             size = [max(1, round(d * scale)) for d in source.shape[-2:]]

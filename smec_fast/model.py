@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from smec_fast.errors import CheckpointError
+from smec_fast.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def read_weight_file(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch weight file ({first})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch weight file ({first_line(err)})") from None
 
 
 def extract_state_dict(obj, path: str | Path) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ from smec_fast.distributed import (
     shard_batch_size,
     teardown_distributed,
 )
-from smec_fast.errors import CheckpointError, ConfigError, SmecFastError
+from smec_fast.errors import CheckpointError, ConfigError, SmecFastError, first_line
 from smec_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from smec_fast.kernels import set_kernel_backend
 from smec_fast.methods import build_method, resolve_lambda_con
@@ -219,16 +219,11 @@ def train(cfg: TrainConfig) -> dict:
         return _train(cfg, process_device(device, context), context)
     except torch.distributed.DistError as err:
         raise SmecFastError(
-            f"process {context.rank} of {context.world_size} lost contact with the others ({_first_line(err)}); "
+            f"process {context.rank} of {context.world_size} lost contact with the others ({first_line(err)}); "
             f"a process died or hung. The last finished epoch is in {Path(cfg.out) / 'checkpoint.pt'}: run "
             f"the same command with --resume") from err
     finally:
         teardown_distributed()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _load_resume_state(cfg: TrainConfig, checkpoint_path: Path) -> dict | None:
@@ -366,8 +361,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file raises many kinds of errors
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a smec_fast checkpoint")
     return state

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from smec_fast.errors import DataError
+from smec_fast.errors import DataError, first_line
 
 from .split import ImageSplit
 
@@ -30,8 +30,7 @@ def decode_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: cannot decode image ({reason})") from None
+        raise DataError(f"{path}: cannot decode image ({first_line(err)})") from None
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

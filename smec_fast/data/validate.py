@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from smec_fast.errors import DataError
+from smec_fast.errors import DataError, first_line
 
 from .split import ImageSplit
 
@@ -98,8 +98,7 @@ def image_problem(path: Path) -> str | None:
         with Image.open(path) as image:
             image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return f"cannot decode image ({reason})"
+        return f"cannot decode image ({first_line(err)})"
     return None
 
 
