@@ -19,6 +19,8 @@ from smec_fast.errors import ConfigError, first_line
 
 METHODS = ("smec", "ce", "elr", "eac", "scn", "rul")
 DATASETS = ("synthetic", "rafdb", "folder")
+SWITCH = ("auto", "on", "off")  # auto: on for CUDA devices, off elsewhere
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -76,6 +78,9 @@ class TrainConfig:
     # --- runtime ---
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: str = "bf16"  # autocast dtype on CUDA: bf16 | fp16 | off (CPU always trains in fp32)
+    compile: str = "auto"  # torch.compile the model and the loss: auto (on CUDA) | on | off
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    channels_last: str = "auto"  # NHWC memory format for the model and its inputs: auto (on CUDA) | on | off
     kernels: str = "fused"  # fused: registered ops (Triton on CUDA, reference elsewhere) | reference: plain PyTorch
     resume: bool = False  # continue the run in `out` from its last checkpoint
     dist_timeout: float = 600.0  # torchrun: seconds a process waits for the others before the job fails
@@ -100,6 +105,9 @@ class TrainConfig:
         _choice("amp", self.amp, ("bf16", "fp16", "off"))
         _choice("cls_loss", self.cls_loss, ("elr", "ce"))
         _choice("kernels", self.kernels, ("fused", "reference"))
+        _choice("compile", self.compile, SWITCH)
+        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        _choice("channels_last", self.channels_last, SWITCH)
         _choice("loader", self.loader, ("auto", "torch", "dali", "cached"))
         _choice("rafdb_images", self.rafdb_images, ("aligned", "original"))
         _choice("rafdb_landmarks", self.rafdb_landmarks, ("manual", "auto"))

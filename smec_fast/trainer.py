@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
 # Options that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = {"out", "resume", "progress", "num_workers", "device", "epochs", "dist_timeout", "kernels",
-                     "loader"}
+                     "loader", "compile", "compile_mode", "channels_last"}
 LOG_INTERVAL = 20  # steps between progress-bar updates (each reads the loss back from the device)
 
 
@@ -69,6 +69,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def switch_on(value: str, device: torch.device) -> bool:
+    """An auto | on | off option resolved for `device`: auto means on for CUDA, off elsewhere."""
+    return value == "on" or (value == "auto" and device.type == "cuda")
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -105,8 +110,13 @@ class TrainingObjective(torch.nn.Module):
 
 def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loader: SplitLoader, epoch: int,
                     cfg: TrainConfig, bar: tqdm | None) -> dict[str, float]:
-    """One pass over the training split; returns the mean of each loss part (over all processes)."""
+    """One pass over the training split; returns the mean of each loss part (over all processes).
+
+    `objective` may be the compiled TrainingObjective; nothing in the step reads the device back except the
+    progress bar, every LOG_INTERVAL steps.
+    """
     objective.train()
+    memory_format = torch.channels_last if switch_on(cfg.channels_last, loader.device) else torch.contiguous_format
     loader.set_epoch(epoch)
     sums: dict[str, torch.Tensor] = {}
     steps = 0
@@ -114,6 +124,7 @@ def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loade
     steps_per_epoch = len(loader)
     for images, labels, index in loader:
         method.set_progress(epoch + steps / steps_per_epoch)
+        images = images.contiguous(memory_format=memory_format)
         with autocast_context(loader.device, cfg.amp):
             loss, parts = objective(images, labels, index)
         method.sync_state(index)  # per-sample state the step updated, shared with the other processes
@@ -265,12 +276,17 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     if context.enabled:
         model = convert_batchnorm(model, device)  # statistics over the global batch
     model.to(device)
+    if switch_on(cfg.channels_last, device):
+        model.to(memory_format=torch.channels_last)
     method.to(device)
     objective = TrainingObjective(model, method)
     if context.enabled:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False)  # batch norm statistics are global already; sample state is synced
+    if switch_on(cfg.compile, device):
+        # Model and loss compile as one graph (fused ops included); evaluation runs the model eagerly.
+        objective = torch.compile(objective, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     # Methods with heads of their own (SCN's attention, RUL's uncertainty) train them with the model.
     parameters = list(model.parameters()) + list(method.parameters())
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
@@ -303,9 +319,10 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     test_loader = make_loader(kind, data.test, train=False, **loader_args)
     val_loader = make_loader(kind, data.val, train=False, **loader_args) if data.val is not None else None
     if main:
-        log.info("%s on %s: %d train / %d test images, %d classes, noise %.1f %% (%s), device %s, %s loader%s",
+        log.info("%s on %s: %d train / %d test images, %d classes, noise %.1f %% (%s), device %s, %s loader%s%s",
                  cfg.method, cfg.dataset, len(data.train), len(data.test), k, 100 * data.noise.rate,
-                 data.noise.source, device, kind, f", {context.world_size} processes" if context.enabled else "")
+                 data.noise.source, device, kind, f", {context.world_size} processes" if context.enabled else "",
+                 ", compiled" if switch_on(cfg.compile, device) else "")
 
     progress = cfg.progress and main
     started = time.perf_counter() - sum(h["time_s"] for h in history)

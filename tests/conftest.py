@@ -30,6 +30,19 @@ def shared() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fer_subset(tmp_path_factory, shared):
+    """A small class-folder dataset: 12 training and 4 test FER2013 faces per class."""
+    root = tmp_path_factory.mktemp("fer_subset")
+    for split, source, count in (("train", "train", 12), ("test", "val", 4)):
+        for class_dir in sorted((shared / "data" / "fer2013" / source).iterdir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:count]:
+                (target / image.name).write_bytes(image.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="session")
 def device() -> torch.device:
     return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
 

@@ -128,19 +128,6 @@ def test_cli_writes_a_noise_file(tmp_path, shared):
     assert sum(noisy[name] != clean[name] for name in noisy) == round(0.4 * 12271)
 
 
-@pytest.fixture(scope="module")
-def fer_subset(tmp_path_factory, shared):
-    """A small class-folder dataset: 12 training and 4 test FER2013 faces per class."""
-    root = tmp_path_factory.mktemp("fer_subset")
-    for split, source, count in (("train", "train", 12), ("test", "val", 4)):
-        for class_dir in sorted((shared / "data" / "fer2013" / source).iterdir()):
-            target = root / split / class_dir.name
-            target.mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:count]:
-                (target / image.name).write_bytes(image.read_bytes())
-    return root
-
-
 def _folder_run(out, data, **overrides):
     values = dict(dataset="folder", data=str(data), out=str(out), image_size=32, batch_size=16, epochs=1,
                   method="elr", progress=False, num_workers=1)
@@ -208,3 +195,20 @@ def test_run_selects_the_kernel_backend(tmp_path):
     train(tiny_config(tmp_path / "reference", epochs=1, kernels="reference"))
     assert get_kernel_backend() == "reference"
     set_kernel_backend("fused")
+
+
+def test_compiled_channels_last_run_matches_eager_run(tmp_path):
+    """--compile on --channels-last on trains the same steps as the eager NCHW default: the same per-epoch
+    losses (to float rounding; a tiny learning rate keeps Adam from amplifying it) and graphs were compiled."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    common = dict(epochs=1, method="smec", noise_rate=0.3, lr=1e-6, synthetic_train_size=96)
+    eager = train(tiny_config(tmp_path / "eager", **common))
+    assert not counters["stats"]["unique_graphs"]
+    fast = train(tiny_config(tmp_path / "fast", compile="on", channels_last="on", **common))
+    assert counters["stats"]["unique_graphs"] >= 1
+    for part in ("loss", "cls", "con"):
+        torch.testing.assert_close(fast["history"][0]["train"][part], eager["history"][0]["train"][part],
+                                   rtol=1e-4, atol=1e-6, msg=part)
+    assert fast["config"]["compile"] == "on" and eager["config"]["compile"] == "auto"
