@@ -1,81 +1,132 @@
-"""Training-step cost of SMEC against plain cross-entropy on the same model, batch and image size.
+"""Training-step cost of SMEC against plain cross-entropy, and of this trainer against a plain implementation.
 
-For each method (ce, smec), batch size and mode (eager, torch.compile of model + loss) it times whole
-optimizer steps on device-resident random images (the loader is benchmarked by bench_data.py), counts the
-FLOPs of one step with torch.utils.flop_counter, and prints the measured SMEC / CE time ratio next to the
-FLOP ratio (SMEC runs the two halves as well: about twice CE's work). Rows are written as JSON:
-method, device, image_size, batch_size, compiled, step_ms, images_per_s, flops_per_step, and the time of one
-RAF-DB-sized epoch (12,271 images) at that speed.
+Three ways to run the same optimizer step, on the same model, batch and image size:
 
-    python bench/bench_train.py                       # CPU: 64 px, batch 32, fp32
-    python bench/bench_train.py --device cuda         # GPU: 224 px, batch 64 and 256, bf16 autocast
+    plain     as public FER code is written: fp32, NCHW, one forward per view (the original image, then each
+              flipped piece on its own), pure-PyTorch losses, the default (foreach) Adam
+    eager     this trainer's step without compilation: all pieces in one batched forward, the fused ops,
+              and on CUDA bf16 autocast, channels_last and the fused Adam
+    compiled  the eager step with model and loss under torch.compile (the trainer's default on CUDA)
+
+Step timings run on device-resident random images, so they measure the step alone. FLOPs of one step come
+from torch.utils.flop_counter (which counts nothing inside the registered fused ops: their W contraction is
+about 1e-4 of a step); the SMEC / CE time ratio is printed next to the FLOP ratio (SMEC runs the
+pieces as well: about twice CE's work), and a time / FLOP ratio near 1 means SMEC costs only its arithmetic.
+
+With --data (a class-folder dataset such as FER2013), each way also trains from its loader: plain from the
+PIL DataLoader, eager and compiled from the loader the trainer picks for the device (the device-resident
+cache where it fits). That images/s ratio is the end-to-end comparison.
+
+    python bench/bench_train.py                                # CPU: 64 px, batch 32, fp32
+    python bench/bench_train.py --device cuda --data DIR       # GPU: 224 px, batch 64 and 256, + end to end
+
+Rows (JSON list): method, mode, device, image_size, batch_size, compiled, data ("random" or the loader),
+step_ms, images_per_s, flops_per_step, rafdb_epoch_s (one RAF-DB-sized epoch, 12,271 images, at that speed),
+and the ratios. A benchmark reports; it asserts no speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from smec_fast.config import resolve_config
-from smec_fast.methods import build_method
-from smec_fast.model import FerResNet18
-from smec_fast.trainer import TrainingObjective, autocast_context
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from smec_fast.config import resolve_config  # noqa: E402
+from smec_fast.data import load_folder  # noqa: E402
+from smec_fast.data.loaders import default_loader, make_loader  # noqa: E402
+from smec_fast.kernels import kernel_backend  # noqa: E402
+from smec_fast.methods import build_method  # noqa: E402
+from smec_fast.model import FerResNet18  # noqa: E402
+from smec_fast.split_merge import split_and_flip  # noqa: E402
+from smec_fast.trainer import TrainingObjective, autocast_context, switch_on  # noqa: E402
+
 RAFDB_TRAIN_IMAGES = 12271
+MODES = ("plain", "eager", "compiled")
 
 
 def git_sha() -> str:
+    """HEAD's commit, with "+dirty" when tracked files have uncommitted changes."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def make_step(method_name: str, batch: int, size: int, device: torch.device, compiled: bool):
-    """(step function, objective) for one configuration, on random images of the given size."""
-    torch.manual_seed(0)
-    cfg = resolve_config(cli_values={"method": method_name, "image_size": size, "dataset": "rafdb", "data": "-"})
-    n = 4 * batch
-    labels = torch.randint(0, 7, (n,))
-    model = FerResNet18(7)
-    method = build_method(cfg, labels, 7, 0.0)
-    objective = TrainingObjective(model, method).to(device)
-    if device.type == "cuda":
-        objective = objective.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(objective.parameters(), lr=1e-4, weight_decay=1e-4, fused=device.type == "cuda")
-    images = torch.randn(batch, 3, size, size, device=device)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    y = labels[:batch].to(device)
-    index = torch.arange(batch, device=device)
-    forward = torch.compile(objective) if compiled else objective
+class PlainObjective(torch.nn.Module):
+    """The step as public FER code writes it: one forward per view and the pure-PyTorch losses."""
 
-    def step():
-        with autocast_context(device, "bf16"):
-            loss, _ = forward(images, y, index)
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, model: torch.nn.Module, method: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, images, labels, index):
+        with kernel_backend("reference"):
+            if self.method.name != "smec":
+                return self.method(self.model, images, labels, index)
+            logits, feat = self.model(images)
+            b = images.shape[0]
+            pieces = split_and_flip(images, self.method.consistency.grid)
+            feat_pieces = torch.cat([self.model(pieces[i:i + b])[1] for i in range(0, pieces.shape[0], b)])
+            loss_cls = self.method.elr(logits, labels, index)
+            loss_con = self.method.consistency(feat, feat_pieces, self.model.cam_weight)
+            return loss_cls + self.method.lambda_con * loss_con, {}
+
+
+class Step:
+    """One optimizer step of `method` done the `mode` way; `flops()` counts the FLOPs of one step."""
+
+    def __init__(self, method_name: str, mode: str, labels: torch.Tensor, device: torch.device,
+                 channels_last: str = "auto"):
+        torch.manual_seed(0)
+        cfg = resolve_config(cli_values={"method": method_name, "dataset": "rafdb", "data": "-"})
+        model = FerResNet18(7)
+        method = build_method(cfg, labels, 7, 0.0)
+        fast = mode != "plain"
+        self.device = device
+        self.amp = "bf16" if fast else "off"
+        self.channels_last = fast and switch_on(channels_last, device)
+        objective = (TrainingObjective if fast else PlainObjective)(model, method).to(device)
+        if self.channels_last:
+            objective = objective.to(memory_format=torch.channels_last)
+        self.objective = objective
+        self.forward = torch.compile(objective) if mode == "compiled" else objective
+        self.optimizer = torch.optim.Adam(objective.parameters(), lr=1e-4, weight_decay=1e-4,
+                                          fused=fast and device.type == "cuda")
+
+    def __call__(self, images, labels, index) -> None:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.amp):
+            loss, _ = self.forward(images, labels, index)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
 
-    def flops() -> int:
+    def flops(self, images, labels, index) -> int:
         counter = FlopCounterMode(display=False)
-        with counter, autocast_context(device, "bf16"):
-            loss, _ = objective(images, y, index)
+        with counter, autocast_context(self.device, self.amp):
+            loss, _ = self.objective(images, labels, index)
             loss.backward()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         return counter.get_total_flops()
-
-    return step, flops
 
 
 def sync(device: torch.device) -> None:
@@ -83,72 +134,137 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, device: torch.device, warmup: int, steps: int, repeats: int) -> float:
-    """Median over `repeats` of the mean step time in ms, after `warmup` steps (which absorb compilation)."""
+def time_random(step: Step, batch, warmup: int, steps: int, repeats: int) -> float:
+    """Median over `repeats` of the mean step time in ms on one device-resident batch, after `warmup` steps
+    (which absorb compilation)."""
     for _ in range(warmup):
-        step()
-    sync(device)
+        step(*batch)
+    sync(step.device)
     means = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(steps):
-            step()
-        sync(device)
+            step(*batch)
+        sync(step.device)
         means.append((time.perf_counter() - start) / steps * 1000)
     return statistics.median(means)
 
 
-def main() -> None:
+def loader_batches(loader):
+    """Training batches without end: epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def time_loader(step: Step, batches, warmup: int, steps: int) -> float:
+    """Mean ms per step over `steps` steps fed by the loader (waiting for data included), after `warmup`."""
+    for _ in range(warmup):
+        step(*next(batches))
+    sync(step.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(*next(batches))
+    sync(step.device)
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--batch", type=int, nargs="+")
-    parser.add_argument("--methods", nargs="+", default=["ce", "smec"])
-    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--image-size", type=int, help="default: 224 on CUDA, 64 on the CPU")
+    parser.add_argument("--batch", type=int, nargs="+", help="default: 64 256 on CUDA, 32 on the CPU")
+    parser.add_argument("--methods", nargs="+", default=["ce", "smec"], choices=["ce", "smec"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                        help="eager and compiled ways: NHWC model and inputs (auto: on CUDA)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", type=Path, help="class-folder dataset (train/ inside): also time from loaders")
+    parser.add_argument("--limit", type=int, default=3000, help="--data: first N training images (0: all)")
+    parser.add_argument("--loader-steps", type=int, default=20, help="--data: timed steps per row")
+    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     size = args.image_size or (224 if gpu else 64)
     batches = args.batch or ([64, 256] if gpu else [32])
     out = args.out or REPO / "bench" / "results" / f"train_{device.type}.json"
     env = {"device_name": torch.cuda.get_device_name(device) if gpu else f"cpu: {platform.machine()}, "
-           f"{torch.get_num_threads()} threads", "torch": torch.__version__, "python": platform.python_version(),
-           "git": git_sha(), "precision": "bf16 autocast" if gpu else "fp32"}
+           f"{os.cpu_count()} cores, {torch.get_num_threads()} threads", "torch": torch.__version__,
+           "python": platform.python_version(), "git": git_sha(),
+           "precision": "plain fp32; eager/compiled bf16 autocast" if gpu else "fp32",
+           "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     print(f"# {env['device_name']} | torch {env['torch']} | git {env['git']} | {env['precision']}")
     rows = []
+
+    def record(row: dict) -> None:
+        row.update(images_per_s=row["batch_size"] / row["step_ms"] * 1000, **env)
+        row["rafdb_epoch_s"] = RAFDB_TRAIN_IMAGES / row["images_per_s"]
+        rows.append(row)
+        print(f"{row['method']:5s} b={row['batch_size']:<4d} {row['mode']:9s} {row['data']:7s} "
+              f"{row['step_ms']:9.2f} ms/step {row['images_per_s']:9.1f} img/s "
+              f"{row['flops_per_step'] / 1e9:8.2f} GFLOP/step  RAF-DB epoch {row['rafdb_epoch_s']:7.1f} s",
+              flush=True)
+
+    split = None
+    if args.data:
+        split = load_folder(args.data, "train")
+        if args.limit and args.limit < len(split):
+            split = split.subset(torch.arange(args.limit))
     for batch in batches:
+        labels = torch.randint(0, 7, (4 * batch,), generator=torch.Generator().manual_seed(0))
+        random_batch = (torch.randn(batch, 3, size, size, device=device), labels[:batch].to(device),
+                        torch.arange(batch, device=device))
         for mode in args.modes:
             for method in args.methods:
-                step, flops = make_step(method, batch, size, device, mode == "compiled")
-                ms = time_steps(step, device, args.warmup + (2 if mode == "compiled" else 0), args.steps, args.repeats)
-                row = {"method": method, "device": device.type, "image_size": size, "batch_size": batch,
-                       "compiled": mode == "compiled", "step_ms": ms, "images_per_s": batch / ms * 1000,
-                       "flops_per_step": flops(), "rafdb_epoch_s": RAFDB_TRAIN_IMAGES / (batch / ms * 1000), **env}
-                rows.append(row)
-                print(f"{method:5s} b={batch:<4d} {mode:8s} {ms:9.2f} ms/step {row['images_per_s']:9.1f} img/s "
-                      f"{row['flops_per_step'] / 1e9:8.2f} GFLOP/step  RAF-DB epoch {row['rafdb_epoch_s']:7.1f} s")
-    for batch in batches:
-        for mode in args.modes:
-            pick = {r["method"]: r for r in rows if r["batch_size"] == batch and r["compiled"] == (mode == "compiled")}
-            if "ce" in pick and "smec" in pick:
-                time_ratio = pick["smec"]["step_ms"] / pick["ce"]["step_ms"]
-                flop_ratio = pick["smec"]["flops_per_step"] / pick["ce"]["flops_per_step"]
-                print(f"b={batch} {mode}: smec/ce time {time_ratio:.2f}x, FLOPs {flop_ratio:.2f}x, "
-                      f"time / FLOP ratio {time_ratio / flop_ratio:.2f}")
-                for r in (pick["smec"],):
-                    r["time_ratio_to_ce"], r["flop_ratio_to_ce"] = time_ratio, flop_ratio
-    eager = {(r["method"], r["batch_size"]): r for r in rows if not r["compiled"]}
-    for r in rows:
-        if r["compiled"] and (r["method"], r["batch_size"]) in eager:
-            r["speedup_over_eager"] = eager[(r["method"], r["batch_size"])]["step_ms"] / r["step_ms"]
-            print(f"{r['method']} b={r['batch_size']}: compiled {r['speedup_over_eager']:.2f}x eager")
+                step = Step(method, mode, labels, device, args.channels_last)
+                flops = step.flops(*random_batch)
+                ms = time_random(step, random_batch, args.warmup + (2 if mode == "compiled" else 0), args.steps,
+                                 args.repeats)
+                common = {"method": method, "mode": mode, "device": device.type, "image_size": size,
+                          "batch_size": batch, "compiled": mode == "compiled", "channels_last": step.channels_last,
+                          "flops_per_step": flops}
+                record({**common, "data": "random", "step_ms": ms})
+                if split is None:
+                    continue
+                kind = "torch" if mode == "plain" else default_loader(device, split, size)
+                loader = make_loader(kind, split, size, batch, device, train=True, num_workers=args.num_workers)
+                step = Step(method, mode, split.labels, device, args.channels_last)  # ELR state sized for the dataset
+                ms = time_loader(step, loader_batches(loader), args.warmup + (2 if mode == "compiled" else 0),
+                                 args.loader_steps)
+                record({**common, "data": kind, "step_ms": ms, "num_workers": args.num_workers,
+                        "dataset": f"{len(split)} images of {args.data / 'train'}"})
+                del loader
+
+    print()
+    for row in rows:
+        same = {r["method"]: r for r in rows if all(r[k] == row[k] for k in ("batch_size", "mode", "data"))}
+        if row["method"] == "smec" and "ce" in same:
+            row["time_ratio_to_ce"] = row["step_ms"] / same["ce"]["step_ms"]
+            row["flop_ratio_to_ce"] = row["flops_per_step"] / same["ce"]["flops_per_step"]
+            print(f"smec/ce b={row['batch_size']} {row['mode']:9s} {row['data']:7s}: time "
+                  f"{row['time_ratio_to_ce']:.2f}x, FLOPs {row['flop_ratio_to_ce']:.2f}x, time / FLOP ratio "
+                  f"{row['time_ratio_to_ce'] / row['flop_ratio_to_ce']:.2f}")
+    for row in rows:  # against plain on the same kind of input: random images, or a loader
+        plain = next((r for r in rows if r["mode"] == "plain" and r["method"] == row["method"]
+                      and r["batch_size"] == row["batch_size"]
+                      and (r["data"] == "random") == (row["data"] == "random")), None)
+        if plain is not None and row is not plain:
+            row["speedup_over_plain"] = row["images_per_s"] / plain["images_per_s"]
+            print(f"{row['method']:5s} b={row['batch_size']} {row['mode']:9s} {row['data']:7s}: "
+                  f"{row['speedup_over_plain']:.2f}x the images/s of plain ({plain['data']})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    tmp.replace(out)
     print(f"wrote {out}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one call on a lent GPU machine, within its budget:
 #   1. the Triton kernel tests on CUDA and the kernel benchmark (bench/gpu_kernels.sh),
-#   2. the training-step benchmark, CE vs SMEC, eager vs compiled, 224 px, batch 64 and 256 (bench_train.py),
+#   2. the training-step benchmark, CE vs SMEC, plain vs eager vs compiled, 224 px, batch 64 and 256, and
+#      from the loaders when FER_DIR is set (bench_train.py),
 #   3. the loader benchmark with GPU rows (bench/gpu_data.sh), when FER_DIR names a carried FER2013 copy.
 # Results go to one archive, $OUT/gpu-results.tar.gz, and a summary, $OUT/summary.txt (the device tool
 # brings back at most 8 files). Set PYTHON, FER_DIR, WHEELS_DIR, LIMIT as the two scripts describe.
@@ -16,7 +17,8 @@ kernels_rc=$?
 # gpu_kernels.sh made smec_fast importable (an editable install or a link folder); bench_train needs the same.
 "$PY" -c "import smec_fast.kernels" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
   > "$work/pip.log" 2>&1
-"$PY" bench/bench_train.py --device cuda --out "$work/train_cuda.json" > "$work/train.log" 2>&1
+"$PY" bench/bench_train.py --device cuda ${FER_DIR:+--data "$FER_DIR"} --out "$work/train_cuda.json" \
+  > "$work/train.log" 2>&1
 train_rc=$?
 data_rc=skipped
 if [ -n "${FER_DIR:-}" ]; then
