@@ -129,6 +129,10 @@ class Step:
         return counter.get_total_flops()
 
 
+def layout_name(row: dict) -> str:
+    return "NHWC" if row["channels_last"] else "NCHW"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -178,8 +182,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch", type=int, nargs="+", help="default: 64 256 on CUDA, 32 on the CPU")
     parser.add_argument("--methods", nargs="+", default=["ce", "smec"], choices=["ce", "smec"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                        help="eager and compiled ways: NHWC model and inputs (auto: on CUDA)")
+    parser.add_argument("--channels-last", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                        help="eager and compiled ways: NHWC model and inputs (auto: on CUDA); several values "
+                             "time each")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row.update(images_per_s=row["batch_size"] / row["step_ms"] * 1000, **env)
         row["rafdb_epoch_s"] = RAFDB_TRAIN_IMAGES / row["images_per_s"]
         rows.append(row)
-        print(f"{row['method']:5s} b={row['batch_size']:<4d} {row['mode']:9s} {row['data']:7s} "
+        print(f"{row['method']:5s} b={row['batch_size']:<4d} {row['mode']:9s} {layout_name(row)} "
+              f"{row['data']:7s} "
               f"{row['step_ms']:9.2f} ms/step {row['images_per_s']:9.1f} img/s "
               f"{row['flops_per_step'] / 1e9:8.2f} GFLOP/step  RAF-DB epoch {row['rafdb_epoch_s']:7.1f} s",
               flush=True)
@@ -221,9 +227,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         labels = torch.randint(0, 7, (4 * batch,), generator=torch.Generator().manual_seed(0))
         random_batch = (torch.randn(batch, 3, size, size, device=device), labels[:batch].to(device),
                         torch.arange(batch, device=device))
-        for mode in args.modes:
+        ways = [(mode, layout) for mode in args.modes
+                for layout in (["off"] if mode == "plain" else args.channels_last)]
+        for mode, layout in ways:
             for method in args.methods:
-                step = Step(method, mode, labels, device, args.channels_last)
+                step = Step(method, mode, labels, device, layout)
                 flops = step.flops(*random_batch)
                 ms = time_random(step, random_batch, args.warmup + (2 if mode == "compiled" else 0), args.steps,
                                  args.repeats)
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     continue
                 kind = "torch" if mode == "plain" else default_loader(device, split, size)
                 loader = make_loader(kind, split, size, batch, device, train=True, num_workers=args.num_workers)
-                step = Step(method, mode, split.labels, device, args.channels_last)  # ELR state sized for the dataset
+                step = Step(method, mode, split.labels, device, layout)  # ELR state sized for the dataset
                 ms = time_loader(step, loader_batches(loader), args.warmup + (2 if mode == "compiled" else 0),
                                  args.loader_steps)
                 record({**common, "data": kind, "step_ms": ms, "num_workers": args.num_workers,
@@ -244,11 +252,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     print()
     for row in rows:
-        same = {r["method"]: r for r in rows if all(r[k] == row[k] for k in ("batch_size", "mode", "data"))}
+        same = {r["method"]: r for r in rows
+                if all(r[k] == row[k] for k in ("batch_size", "mode", "data", "channels_last"))}
         if row["method"] == "smec" and "ce" in same:
             row["time_ratio_to_ce"] = row["step_ms"] / same["ce"]["step_ms"]
             row["flop_ratio_to_ce"] = row["flops_per_step"] / same["ce"]["flops_per_step"]
-            print(f"smec/ce b={row['batch_size']} {row['mode']:9s} {row['data']:7s}: time "
+            print(f"smec/ce b={row['batch_size']} {row['mode']:9s} {layout_name(row)} "
+                  f"{row['data']:7s}: time "
                   f"{row['time_ratio_to_ce']:.2f}x, FLOPs {row['flop_ratio_to_ce']:.2f}x, time / FLOP ratio "
                   f"{row['time_ratio_to_ce'] / row['flop_ratio_to_ce']:.2f}")
     for row in rows:  # against plain on the same kind of input: random images, or a loader
@@ -257,7 +267,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       and (r["data"] == "random") == (row["data"] == "random")), None)
         if plain is not None and row is not plain:
             row["speedup_over_plain"] = row["images_per_s"] / plain["images_per_s"]
-            print(f"{row['method']:5s} b={row['batch_size']} {row['mode']:9s} {row['data']:7s}: "
+            print(f"{row['method']:5s} b={row['batch_size']} {row['mode']:9s} {layout_name(row)} "
+                  f"{row['data']:7s}: "
                   f"{row['speedup_over_plain']:.2f}x the images/s of plain ({plain['data']})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -24,18 +24,23 @@ def test_bench_train_rows(tmp_path, fer_subset, with_data):
             "--warmup", "0", "--steps", "1", "--repeats", "1", "--out", str(out)]
     if with_data:
         argv += ["--data", str(fer_subset), "--limit", "16", "--loader-steps", "1", "--num-workers", "0"]
+        layouts = {False}
+    else:
+        argv += ["--channels-last", "off", "on"]  # the plain way is always NCHW
+        layouts = {False, True}
     rows = bench.main(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
     kinds = {"random", "torch", "cached"} if with_data else {"random"}
-    assert {(r["method"], r["mode"], r["data"]) for r in rows} == {
-        (m, mode, d) for m in ("ce", "smec") for mode in ("plain", "eager") for d in kinds
+    assert {(r["method"], r["mode"], r["data"], r["channels_last"]) for r in rows} == {
+        (m, mode, d, nhwc) for m in ("ce", "smec") for mode in ("plain", "eager") for d in kinds
+        for nhwc in (layouts if mode == "eager" else {False})
         if d == "random" or (d == "torch") == (mode == "plain")}
     for r in rows:
         for key in ("device", "image_size", "batch_size", "compiled", "step_ms", "images_per_s", "flops_per_step"):
             assert key in r, key
         assert r["image_size"] == 32 and r["batch_size"] == 4 and not r["compiled"] and r["step_ms"] > 0
         assert r["images_per_s"] == pytest.approx(4000 / r["step_ms"])
-    flops = {(r["method"], r["mode"]): r["flops_per_step"] for r in rows}
+    flops = {(r["method"], r["mode"]): r["flops_per_step"] for r in rows if not r["channels_last"]}
     # One forward per view or one batched forward: the same arithmetic (the flop counter sees inside the
     # reference L_con but not inside the registered op, a 1e-4 share of the step). SMEC adds the half-images.
     assert flops["ce", "plain"] == flops["ce", "eager"]
