@@ -77,6 +77,9 @@ def test_unknown_cli_option_message(capsys):
     (["--epochs", "two"], "epochs must be an integer"),
     (["--dataset", "rafdb"], "--data is required"),
     (["--noise-rate", "0.2", "--noise-file", "n.txt"], "either --noise-file or --noise-rate"),
+    (["--compile", "yes"], "--compile must be one of auto, on, off"),
+    (["--compile-mode", "fast"], "--compile-mode must be one of default, reduce-overhead"),
+    (["--channels-last", "true"], "--channels-last must be one of auto, on, off"),
 ])
 def test_bad_values_name_the_option(argv, message):
     with pytest.raises(ConfigError, match=message):
