@@ -69,13 +69,8 @@ def git_sha() -> str:
         return "unknown"
 
 
-class PlainObjective(torch.nn.Module):
+class PlainObjective(TrainingObjective):
     """The step as public FER code writes it: one forward per view and the pure-PyTorch losses."""
-
-    def __init__(self, model: torch.nn.Module, method: torch.nn.Module):
-        super().__init__()
-        self.model = model
-        self.method = method
 
     def forward(self, images, labels, index):
         with kernel_backend("reference"):
