@@ -20,9 +20,9 @@ cache where it fits). That images/s ratio is the end-to-end comparison.
     python bench/bench_train.py                                # CPU: 64 px, batch 32, fp32
     python bench/bench_train.py --device cuda --data DIR       # GPU: 224 px, batch 64 and 256, + end to end
 
-Rows (JSON list): method, mode, device, image_size, batch_size, compiled, data ("random" or the loader),
-step_ms, images_per_s, flops_per_step, rafdb_epoch_s (one RAF-DB-sized epoch, 12,271 images, at that speed),
-and the ratios. A benchmark reports; it asserts no speed.
+Rows (JSON list): method, mode, device, image_size, batch_size, compiled, channels_last, data ("random" or the
+loader), step_ms, images_per_s, flops_per_step, rafdb_epoch_s (one RAF-DB-sized epoch, 12,271 images, at that
+speed), and the ratios. A benchmark reports; it asserts no speed.
 """
 
 from __future__ import annotations
