@@ -29,8 +29,9 @@ class TrainingMethod(nn.Module):
     # Buffers of shape (N, ...) that a step updates at its samples' dataset indices.
     sample_state: tuple[str, ...] = ()
 
-    def sync_state(self, index: torch.Tensor) -> None:
-        """Under torchrun, give every process the per-sample updates all processes made this step."""
+    def end_step(self, index: torch.Tensor) -> None:
+        """Called after every optimizer step: applies per-sample updates the step deferred and, under torchrun,
+        gives every process the per-sample updates all processes made this step."""
         for name in self.sample_state:
             sync_rows_(self.get_buffer(name), index)
 
@@ -157,7 +158,8 @@ class ScnMethod(TrainingMethod):
       the rest; L_RR = max(0, margin_rank - (mean_high alpha - mean_low alpha)), margin_rank = 0.15.
     - Relabelling, from epoch `relabel_epoch` on: a low-importance sample whose largest predicted
       probability exceeds the probability of its label by more than margin_relabel = 0.2 takes the
-      predicted class as its label from then on. beta = 0.7.
+      predicted class as its label from then on (written by `end_step`, after the step's backward).
+      beta = 0.7.
     Loss: CE + L_RR. At test time the plain classifier is used (a positive alpha does not change argmax).
     Under torchrun, the importance ranking runs within each process's share of the batch.
     """
@@ -174,11 +176,21 @@ class ScnMethod(TrainingMethod):
         self.margin_relabel = margin_relabel
         self.relabel_epoch = relabel_epoch
         self.relabelling = False
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (index, labels) the last step chose
         self.register_buffer("labels", labels.clone().long())  # (N,) current labels, relabelled in place
         self.register_buffer("given_labels", labels.clone().long())  # (N,) the labels the run started with
 
     def start_epoch(self, epoch: int, seed: int) -> None:
         self.relabelling = epoch >= self.relabel_epoch
+
+    def end_step(self, index: torch.Tensor) -> None:
+        # The relabelling is written here, after the backward: the step's forward and backward only read the
+        # label buffer, so a compiled step cannot see this step's new labels in its backward.
+        if self.pending is not None:
+            rows, new_labels = self.pending
+            self.labels[rows] = new_labels
+            self.pending = None
+        super().end_step(index)
 
     def forward(self, model, images, labels, index):
         logits, feat = model(images)  # (B, K), (B, C, h, w)
@@ -190,6 +202,7 @@ class ScnMethod(TrainingMethod):
         n_high = max(1, min(b - 1, int(round(self.beta * b))))
         ranked = alpha.sort(descending=True).values
         loss_rr = F.relu(self.margin_rank - (ranked[:n_high].mean() - ranked[n_high:].mean()))
+        changed = (self.labels != self.given_labels).sum()
         if self.relabelling:
             with torch.no_grad():
                 probs = torch.softmax(logits.float(), dim=1)
@@ -197,8 +210,11 @@ class ScnMethod(TrainingMethod):
                 low[alpha.argsort(descending=True)[n_high:]] = True
                 top_p, top_k = probs.max(1)
                 flip = low & (top_p - probs.gather(1, labels[:, None]).squeeze(1) > self.margin_relabel)
-                self.labels[index] = torch.where(flip, top_k, labels)
-        relabelled = (self.labels != self.given_labels).float().mean()  # fraction of the training set
+                new_labels = torch.where(flip, top_k, labels)
+                given = self.given_labels[index]
+                changed = changed - (labels != given).sum() + (new_labels != given).sum()
+            self.pending = (index, new_labels)  # written by end_step
+        relabelled = changed.float() / self.labels.numel()  # fraction of the training set, after this step
         return loss_ce + loss_rr, {"ce": loss_ce.detach(), "rr": loss_rr.detach(), "relabelled": relabelled}
 
 

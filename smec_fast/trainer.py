@@ -127,11 +127,11 @@ def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loade
         images = images.contiguous(memory_format=memory_format)
         with autocast_context(loader.device, cfg.amp):
             loss, parts = objective(images, labels, index)
-        method.sync_state(index)  # per-sample state the step updated, shared with the other processes
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        method.end_step(index)  # per-sample state the step updated, shared with the other processes
         parts = {"loss": loss.detach(), **parts}
         for name, value in parts.items():
             sums[name] = sums[name] + value.float() if name in sums else value.float().clone()

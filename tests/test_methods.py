@@ -117,6 +117,7 @@ def test_scn_rank_regularisation_and_relabelling_by_hand():
     model = FixedNet(logits, feat)
     method.start_epoch(0, seed=0)
     loss, parts = method(model, torch.zeros(b, 3, 4, 4), None, index)
+    method.end_step(index)
     # alpha = 0.5 for all: no gap between groups, L_RR = margin
     assert parts["rr"].item() == pytest.approx(0.15)
     torch.testing.assert_close(parts["ce"], torch.nn.functional.cross_entropy(0.5 * logits, torch.zeros(b).long()))
@@ -126,6 +127,8 @@ def test_scn_rank_regularisation_and_relabelling_by_hand():
         method.attention[0].weight.copy_(torch.linspace(-1, 1, 512)[None])
     alpha = torch.sigmoid(pooled @ torch.linspace(-1, 1, 512))
     loss, parts = method(model, torch.zeros(b, 3, 4, 4), None, index)
+    assert method.labels.tolist() == [0] * 20  # written after the step's backward, by end_step
+    method.end_step(index)
     low = alpha.argsort(descending=True)[7:]  # the 3 least important of 10 (beta = 0.7)
     expected = torch.zeros(20, dtype=torch.long)
     expected[low] = 2
