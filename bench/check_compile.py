@@ -1,0 +1,89 @@
+"""How far torch.compile's training-step gradients drift from float64, next to eager's, per method and device.
+
+For each method, one training step's loss and parameter gradients are computed three ways from the same
+weights and batch: eager fp32, compiled fp32 (model + loss under torch.compile, as `--compile on` trains),
+and eager float64 as the reference. Each fp32 way is scored by its worst parameter tensor,
+max |g - g64| / max |g64|, and by the median of that over all tensors. Eager fp32 shows the rounding a
+correct fp32 step has; a compiled figure far above it means the compiled step computes something else.
+
+    python bench/check_compile.py                      # CPU
+    python bench/check_compile.py --device cuda --out $OUT/compile_check_cuda.json
+
+Writes the rows as JSON (method, way, device, worst_rel_err, median_rel_err, worst_param, loss_rel_err).
+It reports; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench_train import git_sha  # noqa: E402
+
+from smec_fast.config import resolve_config  # noqa: E402
+from smec_fast.data import SplitLoader, synthetic_split  # noqa: E402
+from smec_fast.methods import build_method  # noqa: E402
+from smec_fast.model import FerResNet18  # noqa: E402
+from smec_fast.trainer import TrainingObjective  # noqa: E402
+
+
+def gradients(objective, images, labels, index, compiled: bool):
+    forward = torch.compile(objective) if compiled else objective
+    loss, _ = forward(images, labels, index)
+    loss.backward()
+    return loss.detach().double(), {n: p.grad.double() for n, p in objective.named_parameters() if p.grad is not None}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--methods", nargs="+", default=["ce", "elr", "smec"])
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    out = args.out or REPO / "bench" / "results" / f"compile_check_{device.type}.json"
+    env = {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+           or platform.machine(), "torch": torch.__version__, "git": git_sha(), "image_size": args.image_size,
+           "batch_size": args.batch_size}
+    split = synthetic_split("train", 4 * args.batch_size, args.image_size, seed=0)
+    images, labels, index = next(iter(SplitLoader(split, args.image_size, args.batch_size, device, train=True)))
+    rows = []
+    print(f"# {env['device_name']} | torch {env['torch']} | git {env['git']}")
+    print(f"{'method':6} {'way':9} {'worst':>9} {'median':>9} {'loss':>9}  worst tensor")
+    for method in args.methods:
+        torch.manual_seed(0)
+        cfg = resolve_config(cli_values={"method": method, "noise_rate": 0.3})
+        objective = TrainingObjective(FerResNet18(7), build_method(cfg, split.labels, 7, 0.3)).to(device)
+        loss64, ref = gradients(copy.deepcopy(objective).double(), images.double(), labels, index, False)
+        for way in ("eager", "compiled"):
+            loss, grads = gradients(copy.deepcopy(objective), images, labels, index, way == "compiled")
+            errors = {n: ((grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-30)).item() for n, g in ref.items()}
+            worst = max(errors, key=errors.get)
+            row = {"method": method, "way": way, "device": device.type, "worst_rel_err": errors[worst],
+                   "median_rel_err": statistics.median(errors.values()), "worst_param": worst,
+                   "loss_rel_err": ((loss - loss64).abs() / loss64.abs()).item(), **env}
+            rows.append(row)
+            print(f"{method:6} {way:9} {row['worst_rel_err']:9.1e} {row['median_rel_err']:9.1e} "
+                  f"{row['loss_rel_err']:9.1e}  {worst}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
