@@ -48,6 +48,7 @@ class TrainConfig:
     con_warmup_epochs: float = 0.0  # ramp lambda_con linearly from 0 over this many epochs (0: off, as in the paper)
     cam_weight_grad: bool = False  # let L_con's gradient reach the classifier weight (EAC's code detaches it)
     detach_original: bool = False  # stop L_con's gradient through the original image's branch
+    piece_bn_stats: bool = True  # the pieces' forward updates batch-norm running statistics (as EAC's code does)
     cls_loss: str = "elr"  # SMEC's classification loss: elr (CE + ELR, the paper) | ce (the Fig. 5 ablation)
     beta: float = 0.7  # ELR target momentum
     lambda_elr: float = 3.0  # ELR weight

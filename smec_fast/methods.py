@@ -80,14 +80,17 @@ class SmecMethod(TrainingMethod):
 
     Ablations: `grid` (1x2 width, 2x1 height, 2x2 "split 4", 4x4 "split 16"), and `use_elr=False` for
     plain CE inside SMEC (the paper's Fig. 5). `warmup_epochs` ramps lambda_con linearly from 0.
+    `piece_bn_stats=False` keeps the pieces' forward from updating the batch-norm running statistics that
+    evaluation uses (it still normalises with the pieces' own batch statistics, as in training mode).
     """
 
     name = "smec"
 
     def __init__(self, num_samples: int, num_classes: int, beta: float, lam: float, grid: tuple[int, int],
                  lambda_con: float, detach_weight: bool = True, detach_original: bool = False,
-                 use_elr: bool = True, warmup_epochs: float = 0.0):
+                 use_elr: bool = True, warmup_epochs: float = 0.0, piece_bn_stats: bool = True):
         super().__init__()
+        self.piece_bn_stats = piece_bn_stats
         self.elr = ElrCrossEntropy(num_samples, num_classes, beta, lam) if use_elr else None
         self.sample_state = ("elr.targets",) if use_elr else ()
         self.consistency = SplitMergeConsistency(grid, detach_weight, detach_original)
@@ -102,7 +105,12 @@ class SmecMethod(TrainingMethod):
 
     def forward(self, model, images, labels, index):
         logits, feat = model(images)  # (B, K), (B, C, h, w)
-        _, feat_pieces = model(split_and_flip(images, self.consistency.grid))  # (P*B, C, h', w')
+        pieces = split_and_flip(images, self.consistency.grid)
+        if self.piece_bn_stats:
+            _, feat_pieces = model(pieces)  # (P*B, C, h', w')
+        else:  # the forward updates copies of the buffers, which are then dropped
+            buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+            _, feat_pieces = torch.func.functional_call(model, buffers, (pieces,), strict=False)
         if self.elr is not None:
             loss_cls = self.elr(logits, labels, index)
         else:
@@ -272,7 +280,8 @@ def build_method(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, noise
     if cfg.method == "smec":
         return SmecMethod(n, num_classes, cfg.beta, cfg.lambda_elr, cfg.grid, resolve_lambda_con(cfg, noise_rate),
                           detach_weight=not cfg.cam_weight_grad, detach_original=cfg.detach_original,
-                          use_elr=cfg.cls_loss == "elr", warmup_epochs=cfg.con_warmup_epochs)
+                          use_elr=cfg.cls_loss == "elr", warmup_epochs=cfg.con_warmup_epochs,
+                          piece_bn_stats=cfg.piece_bn_stats)
     if cfg.method == "eac":
         return EacMethod(cfg.eac_lambda)
     if cfg.method == "scn":

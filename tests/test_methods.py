@@ -167,3 +167,28 @@ def test_build_method_resolves_options():
                        ("rul", RulMethod)):
         assert isinstance(build_method(resolve_config(cli_values={"method": name}), labels, 7, 0.0), kind)
     assert math.isclose(build_method(resolve_config(cli_values={"method": "eac"}), labels, 7, 0.0).lambda_flip, 5.0)
+
+
+def test_smec_pieces_can_leave_batch_norm_statistics_alone():
+    """--piece-bn-stats false: the step's loss and gradients are unchanged (training-mode batch norm uses
+    batch statistics), and the running statistics are those of the original images' forward alone."""
+    import copy
+
+    torch.manual_seed(0)
+    images, labels, index = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]), torch.arange(4)
+    model = FerResNet18(7)
+    results = {}
+    for update in (True, False):
+        cfg = resolve_config(cli_values={"method": "smec", "piece_bn_stats": update})
+        m, method = copy.deepcopy(model), build_method(cfg, torch.zeros(4, dtype=torch.long), 7, 0.0)
+        loss, _ = method(m, images, labels, index)
+        loss.backward()
+        results[update] = loss.detach(), [p.grad for p in m.parameters()], dict(m.named_buffers())
+    alone = copy.deepcopy(model)
+    alone(images)
+    torch.testing.assert_close(results[False][0], results[True][0], rtol=1e-6, atol=0)
+    for a, b in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for name, buffer in alone.named_buffers():
+        assert torch.equal(results[False][2][name], buffer), name
+    assert not torch.equal(results[True][2]["bn1.running_mean"], alone.bn1.running_mean)
