@@ -28,7 +28,6 @@ speed), and the ratios. A benchmark reports; it asserts no speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -46,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from smec_fast.config import resolve_config  # noqa: E402
+from smec_fast.io import atomic_write_json  # noqa: E402
 from smec_fast.data import load_folder  # noqa: E402
 from smec_fast.data.loaders import default_loader, make_loader  # noqa: E402
 from smec_fast.kernels import kernel_backend  # noqa: E402
@@ -265,10 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{row['method']:5s} b={row['batch_size']} {row['mode']:9s} {layout_name(row)} "
                   f"{row['data']:7s}: "
                   f"{row['speedup_over_plain']:.2f}x the images/s of plain ({plain['data']})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, rows)
     print(f"wrote {out}")
     return rows
 

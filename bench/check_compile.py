@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from bench_train import git_sha  # noqa: E402
 
 from smec_fast.config import resolve_config  # noqa: E402
+from smec_fast.io import atomic_write_json  # noqa: E402
 from smec_fast.data import SplitLoader, synthetic_split  # noqa: E402
 from smec_fast.methods import build_method  # noqa: E402
 from smec_fast.model import FerResNet18  # noqa: E402
@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             print(f"{method:6} {way:9} {row['worst_rel_err']:9.1e} {row['median_rel_err']:9.1e} "
                   f"{row['loss_rel_err']:9.1e}  {worst}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, rows)
     print(f"wrote {out}")
     return rows
 
