@@ -2,11 +2,16 @@
 
 Three ways to run the same optimizer step, on the same model, batch and image size:
 
-    plain     as public FER code is written: fp32, NCHW, one forward per view (the original image, then each
-              flipped piece on its own), pure-PyTorch losses, the default (foreach) Adam
+    plain     as public FER code is written: one forward per view (the original image, then each flipped
+              piece on its own), pure-PyTorch losses, the default (foreach) Adam; fp32 NCHW unless asked
     eager     this trainer's step without compilation: all pieces in one batched forward, the fused ops,
-              and on CUDA bf16 autocast, channels_last and the fused Adam
+              the fused Adam on CUDA
     compiled  the eager step with model and loss under torch.compile (the trainer's default on CUDA)
+
+Each way runs in every precision (`--amp`: off = fp32, bf16 autocast) and layout (`--channels-last`) asked
+for. Defaults: on CUDA plain in fp32 NCHW and the others in bf16 channels_last, 224 px, batches 64 and
+256; on a CPU plain and eager in all four of fp32 / bf16 x NCHW / NHWC, 64 and 112 px, batch 64. Every
+row's `speedup_over_plain` is against plain fp32 NCHW on the same kind of input.
 
 Step timings run on device-resident random images, so they measure the step alone. FLOPs of one step come
 from torch.utils.flop_counter (which counts nothing inside the registered fused ops: their W contraction is
@@ -17,22 +22,22 @@ With --data (a class-folder dataset such as FER2013), each way also trains from 
 PIL DataLoader, eager and compiled from the loader the trainer picks for the device (the device-resident
 cache where it fits). That images/s ratio is the end-to-end comparison.
 
-    python bench/bench_train.py                                # CPU: 64 px, batch 32, fp32
+    python bench/bench_train.py                                # CPU: 64 and 112 px, batch 64
     python bench/bench_train.py --device cuda --data DIR       # GPU: 224 px, batch 64 and 256, + end to end
 
-Rows (JSON list): method, mode, device, image_size, batch_size, compiled, channels_last, data ("random" or the
-loader), step_ms, images_per_s, flops_per_step, rafdb_epoch_s (one RAF-DB-sized epoch, 12,271 images, at that
-speed), and the ratios. A benchmark reports; it asserts no speed.
+Rows (JSON list): method, mode, device, image_size, batch_size, amp, compiled, channels_last, data ("random"
+or the loader), step_ms, images_per_s, flops_per_step, rafdb_epoch_s (one RAF-DB-sized epoch, 12,271
+images, at that speed), the ratios, and where it ran (device, versions, processor features, git commit). A
+benchmark reports; it asserts no speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -41,7 +46,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
+from benchenv import REPO, cpu_features, device_name, git_sha, versions
+
 sys.path.insert(0, str(REPO))
 
 from smec_fast.config import resolve_config  # noqa: E402
@@ -49,24 +55,14 @@ from smec_fast.io import atomic_write_json  # noqa: E402
 from smec_fast.data import load_folder  # noqa: E402
 from smec_fast.data.loaders import default_loader, make_loader  # noqa: E402
 from smec_fast.kernels import kernel_backend  # noqa: E402
-from smec_fast.methods import build_method  # noqa: E402
+from smec_fast.methods import build_method, narrowest_input_width  # noqa: E402
 from smec_fast.model import FerResNet18  # noqa: E402
+from smec_fast.precision import autocast_context, resolve_precision  # noqa: E402
 from smec_fast.split_merge import split_and_flip  # noqa: E402
-from smec_fast.trainer import TrainingObjective, autocast_context, switch_on  # noqa: E402
+from smec_fast.trainer import TrainingObjective  # noqa: E402
 
 RAFDB_TRAIN_IMAGES = 12271
 MODES = ("plain", "eager", "compiled")
-
-
-def git_sha() -> str:
-    """HEAD's commit, with "+dirty" when tracked files have uncommitted changes."""
-    try:
-        def git(*args):
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 class PlainObjective(TrainingObjective):
@@ -86,18 +82,22 @@ class PlainObjective(TrainingObjective):
 
 
 class Step:
-    """One optimizer step of `method` done the `mode` way; `flops()` counts the FLOPs of one step."""
+    """One optimizer step of `method` done the `mode` way, in precision `amp` ("off" or "bf16") and layout
+    `channels_last` ("on" or "off"), at `image_size`; `flops()` counts the FLOPs of one step."""
 
-    def __init__(self, method_name: str, mode: str, labels: torch.Tensor, device: torch.device,
-                 channels_last: str = "auto"):
+    def __init__(self, method_name: str, mode: str, labels: torch.Tensor, device: torch.device, amp: str,
+                 channels_last: str, image_size: int):
         torch.manual_seed(0)
-        cfg = resolve_config(cli_values={"method": method_name, "dataset": "rafdb", "data": "-"})
+        cfg = resolve_config(cli_values={"method": method_name, "dataset": "rafdb", "data": "-",
+                                         "image_size": image_size})
+        # The trainer's own checks: a precision this device cannot train in is refused here too.
+        precision = resolve_precision(amp, channels_last, device, narrowest_input_width(cfg))
         model = FerResNet18(7)
         method = build_method(cfg, labels, 7, 0.0)
         fast = mode != "plain"
         self.device = device
-        self.amp = "bf16" if fast else "off"
-        self.channels_last = fast and switch_on(channels_last, device)
+        self.amp = precision.amp
+        self.channels_last = precision.channels_last
         objective = (TrainingObjective if fast else PlainObjective)(model, method).to(device)
         if self.channels_last:
             objective = objective.to(memory_format=torch.channels_last)
@@ -124,8 +124,8 @@ class Step:
         return counter.get_total_flops()
 
 
-def layout_name(row: dict) -> str:
-    return "NHWC" if row["channels_last"] else "NCHW"
+def way_name(row: dict) -> str:
+    return f"{row['mode']:8s} {'fp32' if row['amp'] == 'off' else row['amp']} {'NHWC' if row['channels_last'] else 'NCHW'}"
 
 
 def sync(device: torch.device) -> None:
@@ -170,18 +170,28 @@ def time_loader(step: Step, batches, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1000
 
 
+def default_ways(gpu: bool, mode: str, amp: list[str] | None, channels_last: list[str] | None):
+    """(amp, channels_last) pairs a way runs in: the flags' product, or the device's defaults."""
+    fast = mode != "plain"
+    amps = amp or (["bf16" if fast else "off"] if gpu else ["off", "bf16"])
+    layouts = channels_last or (["on" if fast else "off"] if gpu else ["off", "on"])
+    return list(itertools.product(amps, layouts))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--image-size", type=int, help="default: 224 on CUDA, 64 on the CPU")
-    parser.add_argument("--batch", type=int, nargs="+", help="default: 64 256 on CUDA, 32 on the CPU")
+    parser.add_argument("--image-size", type=int, nargs="+", help="default: 224 on CUDA, 64 112 on the CPU")
+    parser.add_argument("--batch", type=int, nargs="+", help="default: 64 256 on CUDA, 64 on the CPU")
     parser.add_argument("--methods", nargs="+", default=["ce", "smec"], choices=["ce", "smec"])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--channels-last", nargs="+", default=["auto"], choices=["auto", "on", "off"],
-                        help="eager and compiled ways: NHWC model and inputs (auto: on CUDA); several values "
-                             "time each")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--modes", nargs="+", choices=MODES,
+                        help="default: all three on CUDA, plain and eager on the CPU")
+    parser.add_argument("--amp", nargs="+", choices=["off", "bf16"],
+                        help="precisions every way runs in (default: CUDA plain off, others bf16; CPU both)")
+    parser.add_argument("--channels-last", nargs="+", choices=["on", "off"],
+                        help="layouts every way runs in (default: CUDA plain off, others on; CPU both)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, help="class-folder dataset (train/ inside): also time from loaders")
     parser.add_argument("--limit", type=int, default=3000, help="--data: first N training images (0: all)")
@@ -191,25 +201,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    size = args.image_size or (224 if gpu else 64)
-    batches = args.batch or ([64, 256] if gpu else [32])
+    sizes = args.image_size or ([224] if gpu else [64, 112])
+    batches = args.batch or ([64, 256] if gpu else [64])
+    modes = args.modes or (list(MODES) if gpu else ["plain", "eager"])
     out = args.out or REPO / "bench" / "results" / f"train_{device.type}.json"
-    env = {"device_name": torch.cuda.get_device_name(device) if gpu else f"cpu: {platform.machine()}, "
-           f"{os.cpu_count()} cores, {torch.get_num_threads()} threads", "torch": torch.__version__,
-           "python": platform.python_version(), "git": git_sha(),
-           "precision": "plain fp32; eager/compiled bf16 autocast" if gpu else "fp32",
+    env = {"device_name": device_name(device), **versions(), "git": git_sha(),
            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    print(f"# {env['device_name']} | torch {env['torch']} | git {env['git']} | {env['precision']}")
+    if not gpu:
+        env["cpu"] = cpu_features()
+    print(f"# {env['device_name']} | torch {env['torch']} | git {env['git']}"
+          + (f" | native bf16: {env['cpu']['bf16_instructions']}" if not gpu else ""))
     rows = []
 
     def record(row: dict) -> None:
         row.update(images_per_s=row["batch_size"] / row["step_ms"] * 1000, **env)
         row["rafdb_epoch_s"] = RAFDB_TRAIN_IMAGES / row["images_per_s"]
         rows.append(row)
-        print(f"{row['method']:5s} b={row['batch_size']:<4d} {row['mode']:9s} {layout_name(row)} "
-              f"{row['data']:7s} "
-              f"{row['step_ms']:9.2f} ms/step {row['images_per_s']:9.1f} img/s "
+        print(f"{row['method']:5s} {row['image_size']:4d} px b={row['batch_size']:<4d} {way_name(row)} "
+              f"{row['data']:7s} {row['step_ms']:9.2f} ms/step {row['images_per_s']:9.1f} img/s "
               f"{row['flops_per_step'] / 1e9:8.2f} GFLOP/step  RAF-DB epoch {row['rafdb_epoch_s']:7.1f} s",
               flush=True)
 
@@ -218,53 +228,51 @@ def main(argv: list[str] | None = None) -> list[dict]:
         split = load_folder(args.data, "train")
         if args.limit and args.limit < len(split):
             split = split.subset(torch.arange(args.limit))
-    for batch in batches:
+    for size, batch in itertools.product(sizes, batches):
         labels = torch.randint(0, 7, (4 * batch,), generator=torch.Generator().manual_seed(0))
         random_batch = (torch.randn(batch, 3, size, size, device=device), labels[:batch].to(device),
                         torch.arange(batch, device=device))
-        ways = [(mode, layout) for mode in args.modes
-                for layout in (["off"] if mode == "plain" else args.channels_last)]
-        for mode, layout in ways:
-            for method in args.methods:
-                step = Step(method, mode, labels, device, layout)
-                flops = step.flops(*random_batch)
-                ms = time_random(step, random_batch, args.warmup + (2 if mode == "compiled" else 0), args.steps,
-                                 args.repeats)
-                common = {"method": method, "mode": mode, "device": device.type, "image_size": size,
-                          "batch_size": batch, "compiled": mode == "compiled", "channels_last": step.channels_last,
-                          "flops_per_step": flops}
-                record({**common, "data": "random", "step_ms": ms})
-                if split is None:
-                    continue
-                kind = "torch" if mode == "plain" else default_loader(device, split, size)
-                loader = make_loader(kind, split, size, batch, device, train=True, num_workers=args.num_workers)
-                step = Step(method, mode, split.labels, device, layout)  # ELR state sized for the dataset
-                ms = time_loader(step, loader_batches(loader), args.warmup + (2 if mode == "compiled" else 0),
-                                 args.loader_steps)
-                record({**common, "data": kind, "step_ms": ms, "num_workers": args.num_workers,
-                        "dataset": f"{len(split)} images of {args.data / 'train'}"})
-                del loader
+        for mode in modes:
+            for amp, layout in default_ways(gpu, mode, args.amp, args.channels_last):
+                for method in args.methods:
+                    step = Step(method, mode, labels, device, amp, layout, size)
+                    flops = step.flops(*random_batch)
+                    warmup = args.warmup + (2 if mode == "compiled" else 0)
+                    ms = time_random(step, random_batch, warmup, args.steps, args.repeats)
+                    common = {"method": method, "mode": mode, "device": device.type, "image_size": size,
+                              "batch_size": batch, "amp": step.amp, "compiled": mode == "compiled",
+                              "channels_last": step.channels_last, "flops_per_step": flops}
+                    record({**common, "data": "random", "step_ms": ms})
+                    if split is None:
+                        continue
+                    kind = "torch" if mode == "plain" else default_loader(device, split, size)
+                    loader = make_loader(kind, split, size, batch, device, train=True, num_workers=args.num_workers)
+                    step = Step(method, mode, split.labels, device, amp, layout, size)  # ELR state for the dataset
+                    ms = time_loader(step, loader_batches(loader), warmup, args.loader_steps)
+                    record({**common, "data": kind, "step_ms": ms, "num_workers": args.num_workers,
+                            "dataset": f"{len(split)} images of {args.data / 'train'}"})
+                    del loader
 
     print()
+    same_setting = ("image_size", "batch_size", "mode", "amp", "channels_last")
     for row in rows:
-        same = {r["method"]: r for r in rows
-                if all(r[k] == row[k] for k in ("batch_size", "mode", "data", "channels_last"))}
+        same = {r["method"]: r for r in rows if all(r[k] == row[k] for k in same_setting)
+                and (r["data"] == "random") == (row["data"] == "random")}
         if row["method"] == "smec" and "ce" in same:
             row["time_ratio_to_ce"] = row["step_ms"] / same["ce"]["step_ms"]
             row["flop_ratio_to_ce"] = row["flops_per_step"] / same["ce"]["flops_per_step"]
-            print(f"smec/ce b={row['batch_size']} {row['mode']:9s} {layout_name(row)} "
-                  f"{row['data']:7s}: time "
+            print(f"smec/ce {row['image_size']:4d} px b={row['batch_size']} {way_name(row)} {row['data']:7s}: time "
                   f"{row['time_ratio_to_ce']:.2f}x, FLOPs {row['flop_ratio_to_ce']:.2f}x, time / FLOP ratio "
                   f"{row['time_ratio_to_ce'] / row['flop_ratio_to_ce']:.2f}")
-    for row in rows:  # against plain on the same kind of input: random images, or a loader
-        plain = next((r for r in rows if r["mode"] == "plain" and r["method"] == row["method"]
-                      and r["batch_size"] == row["batch_size"]
+    for row in rows:  # against plain fp32 NCHW on the same kind of input: random images, or a loader
+        plain = next((r for r in rows if r["mode"] == "plain" and r["amp"] == "off" and not r["channels_last"]
+                      and all(r[k] == row[k] for k in ("method", "image_size", "batch_size"))
                       and (r["data"] == "random") == (row["data"] == "random")), None)
         if plain is not None and row is not plain:
             row["speedup_over_plain"] = row["images_per_s"] / plain["images_per_s"]
-            print(f"{row['method']:5s} b={row['batch_size']} {row['mode']:9s} {layout_name(row)} "
-                  f"{row['data']:7s}: "
-                  f"{row['speedup_over_plain']:.2f}x the images/s of plain ({plain['data']})")
+            print(f"{row['method']:5s} {row['image_size']:4d} px b={row['batch_size']} {way_name(row)} "
+                  f"{row['data']:7s}: {row['speedup_over_plain']:.2f}x the images/s of plain fp32 NCHW "
+                  f"({plain['data']})")
     atomic_write_json(out, rows)
     print(f"wrote {out}")
     return rows

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=128)
     evaluate.add_argument("--num-workers", type=int, default=2)
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                          help="autocast dtype (default auto: bf16 on CUDA and on CPUs with native bf16)")
     _common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -163,6 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from smec_fast.inference import check_classes, load_trained_model
     from smec_fast.io import atomic_write_json
     from smec_fast.plots import save_confusion_matrix
+    from smec_fast.precision import resolve_precision
     from smec_fast.trainer import evaluate, resolve_device
 
     _positive(args.batch_size, "--batch-size")
@@ -180,7 +183,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_classes(trained, split.class_names, source)
     loader = SplitLoader(split, trained.image_size, args.batch_size, device, train=False,
                          num_workers=args.num_workers)
-    metrics = evaluate(trained.model, loader, trained.class_names, cfg.amp)
+    amp = resolve_precision(args.amp, "off", device).amp
+    metrics = evaluate(trained.model, loader, trained.class_names, amp)
     out = Path(args.out) if args.out else trained.path.parent / f"eval-{cfg.dataset}-{args.split}"
     result = {
         "checkpoint": str(trained.path), "epoch": trained.epoch, "method": cfg.method,

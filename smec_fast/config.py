@@ -19,7 +19,8 @@ from smec_fast.errors import ConfigError, first_line
 
 METHODS = ("smec", "ce", "elr", "eac", "scn", "rul")
 DATASETS = ("synthetic", "rafdb", "folder")
-SWITCH = ("auto", "on", "off")  # auto: on for CUDA devices, off elsewhere
+SWITCH = ("auto", "on", "off")  # auto: chosen for the device (smec_fast.precision, trainer.switch_on)
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -78,10 +79,10 @@ class TrainConfig:
 
     # --- runtime ---
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: str = "bf16"  # autocast dtype on CUDA: bf16 | fp16 | off (CPU always trains in fp32)
+    amp: str = "auto"  # autocast dtype: auto (bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32) | bf16 | fp16 (CUDA) | off
     compile: str = "auto"  # torch.compile the model and the loss: auto (on CUDA) | on | off
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
-    channels_last: str = "auto"  # NHWC memory format for the model and its inputs: auto (on CUDA) | on | off
+    channels_last: str = "auto"  # NHWC model and inputs: auto (on CUDA; on a CPU, when training in bf16) | on | off
     kernels: str = "fused"  # fused: registered ops (Triton on CUDA, reference elsewhere) | reference: plain PyTorch
     resume: bool = False  # continue the run in `out` from its last checkpoint
     dist_timeout: float = 600.0  # torchrun: seconds a process waits for the others before the job fails
@@ -103,7 +104,7 @@ class TrainConfig:
         """Raise ConfigError naming the option at fault."""
         _choice("dataset", self.dataset, DATASETS)
         _choice("method", self.method, METHODS)
-        _choice("amp", self.amp, ("bf16", "fp16", "off"))
+        _choice("amp", self.amp, AMP_MODES)
         _choice("cls_loss", self.cls_loss, ("elr", "ce"))
         _choice("kernels", self.kernels, ("fused", "reference"))
         _choice("compile", self.compile, SWITCH)

@@ -1,4 +1,9 @@
-"""Loss modules of SMEC and its baselines; the arithmetic lives in `smec_fast.kernels`."""
+"""Loss modules of SMEC and its baselines; the arithmetic lives in `smec_fast.kernels`.
+
+Both run outside autocast: under bf16 or fp16 autocast the network's features and logits arrive in the
+low precision, and the losses promote them to fp32 (the classifier weight and the ELR targets are fp32), as
+the fused kernels do by accumulating in fp32.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import torch
 from torch import nn
 
 from smec_fast.kernels import elr_cross_entropy, split_merge_consistency
+from smec_fast.precision import fp32_region
 
 
 class ElrCrossEntropy(nn.Module):
@@ -24,7 +30,8 @@ class ElrCrossEntropy(nn.Module):
         self.register_buffer("targets", torch.zeros(num_samples, num_classes))  # (N, K)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return elr_cross_entropy(logits, labels, self.targets, index, self.beta, self.lam)
+        with fp32_region(logits.device.type):
+            return elr_cross_entropy(logits, labels, self.targets, index, self.beta, self.lam)
 
 
 class SplitMergeConsistency(nn.Module):
@@ -44,4 +51,5 @@ class SplitMergeConsistency(nn.Module):
     def forward(self, feat_org: torch.Tensor, feat_pieces: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.detach_original:
             feat_org = feat_org.detach()
-        return split_merge_consistency(feat_org, feat_pieces, weight, self.grid, self.detach_weight)
+        with fp32_region(feat_org.device.type):
+            return split_merge_consistency(feat_org, feat_pieces, weight, self.grid, self.detach_weight)

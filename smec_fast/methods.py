@@ -270,6 +270,12 @@ def resolve_lambda_con(cfg: TrainConfig, noise_rate: float) -> float:
     return cfg.lambda_con if cfg.lambda_con is not None else default_lambda_con(noise_rate)
 
 
+def narrowest_input_width(cfg: TrainConfig) -> int:
+    """Width in pixels of the narrowest image the network sees in a training step: SMEC's pieces, else the
+    whole image (EAC's flip and the others keep it whole)."""
+    return cfg.image_size // cfg.grid[1] if cfg.method == "smec" else cfg.image_size
+
+
 def build_method(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, noise_rate: float) -> TrainingMethod:
     """The objective of `cfg.method` for a training split with these (possibly noisy) labels."""
     n = labels.numel()

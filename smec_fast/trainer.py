@@ -19,7 +19,6 @@ import logging
 import math
 import platform
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -41,9 +40,10 @@ from smec_fast.distributed import (
 from smec_fast.errors import CheckpointError, ConfigError, SmecFastError, first_line
 from smec_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from smec_fast.kernels import set_kernel_backend
-from smec_fast.methods import build_method, resolve_lambda_con
+from smec_fast.methods import build_method, narrowest_input_width, resolve_lambda_con
 from smec_fast.metrics import confusion_matrix, summarize
 from smec_fast.model import FerResNet18, load_pretrained
+from smec_fast.precision import Precision, autocast_context, resolve_precision
 from smec_fast.split_merge import check_grid
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
 # Options that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = {"out", "resume", "progress", "num_workers", "device", "epochs", "dist_timeout", "kernels",
-                     "loader", "compile", "compile_mode", "channels_last"}
+                     "loader", "compile", "compile_mode", "channels_last", "amp"}
 LOG_INTERVAL = 20  # steps between progress-bar updates (each reads the loss back from the device)
 
 
@@ -72,15 +72,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def switch_on(value: str, device: torch.device) -> bool:
-    """An auto | on | off option resolved for `device`: auto means on for CUDA, off elsewhere."""
+    """`--compile` (auto | on | off) resolved for `device`: auto means on for CUDA, off elsewhere."""
     return value == "on" or (value == "auto" and device.type == "cuda")
-
-
-def autocast_context(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA; fp32 on CPU (bf16 is an order of magnitude slower there)."""
-    if device.type != "cuda" or amp == "off":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()
@@ -109,14 +102,13 @@ class TrainingObjective(torch.nn.Module):
 
 
 def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loader: SplitLoader, epoch: int,
-                    cfg: TrainConfig, bar: tqdm | None) -> dict[str, float]:
+                    cfg: TrainConfig, precision: Precision, bar: tqdm | None) -> dict[str, float]:
     """One pass over the training split; returns the mean of each loss part (over all processes).
 
     `objective` may be the compiled TrainingObjective; nothing in the step reads the device back except the
     progress bar, every LOG_INTERVAL steps.
     """
     objective.train()
-    memory_format = torch.channels_last if switch_on(cfg.channels_last, loader.device) else torch.contiguous_format
     loader.set_epoch(epoch)
     sums: dict[str, torch.Tensor] = {}
     steps = 0
@@ -124,8 +116,8 @@ def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loade
     steps_per_epoch = len(loader)
     for images, labels, index in loader:
         method.set_progress(epoch + steps / steps_per_epoch)
-        images = images.contiguous(memory_format=memory_format)
-        with autocast_context(loader.device, cfg.amp):
+        images = images.contiguous(memory_format=precision.memory_format)
+        with autocast_context(loader.device, precision.amp):
             loss, parts = objective(images, labels, index)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -182,7 +174,7 @@ def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
 
 
 def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: float | None,
-            device: torch.device, seconds: float) -> dict:
+            device: torch.device, precision: Precision, seconds: float) -> dict:
     """The results contract written to metrics.json."""
     final = history[-1]["test"]
     best = max(history, key=lambda h: h["test"]["accuracy"])
@@ -206,6 +198,7 @@ def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: fl
         "lambda_con": lambda_con,
         "history": history,
         "config": cfg.to_dict(),
+        "precision": precision.to_dict(),
         "environment": {"smec_fast": smec_fast.__version__, "torch": torch.__version__,
                         "python": platform.python_version(), "device": str(device)},
         "train_time_s": seconds,
@@ -258,6 +251,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     if cfg.method == "smec":
         check_grid(cfg.image_size, cfg.image_size, cfg.grid)
     per_process_batch = shard_batch_size(cfg.batch_size, context)
+    precision = resolve_precision(cfg.amp, cfg.channels_last, device, narrowest_input_width(cfg))
     set_kernel_backend(cfg.kernels)
     # Process 0 reads the checkpoint (other nodes may not see the output folder) and shares it.
     state = broadcast_from_main(lambda: _load_resume_state(cfg, checkpoint_path), context)
@@ -276,7 +270,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     if context.enabled:
         model = convert_batchnorm(model, device)  # statistics over the global batch
     model.to(device)
-    if switch_on(cfg.channels_last, device):
+    if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     method.to(device)
     objective = TrainingObjective(model, method)
@@ -291,7 +285,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     parameters = list(model.parameters()) + list(method.parameters())
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.amp == "fp16")
 
     history: list[dict] = []
     start_epoch = 0
@@ -323,6 +317,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
                  cfg.method, cfg.dataset, len(data.train), len(data.test), k, 100 * data.noise.rate,
                  data.noise.source, device, kind, f", {context.world_size} processes" if context.enabled else "",
                  ", compiled" if switch_on(cfg.compile, device) else "")
+        log.info("precision: %s", precision.describe())
 
     progress = cfg.progress and main
     started = time.perf_counter() - sum(h["time_s"] for h in history)
@@ -331,13 +326,13 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                   leave=False, dynamic_ncols=True) as bar:
             train_stats = train_one_epoch(objective, method, optimizer, scaler, train_loader, epoch, cfg,
-                                          bar if progress else None)
+                                          precision, bar if progress else None)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         entry = {"epoch": epoch + 1, "lr": lr, "train": train_stats}
         if val_loader is not None:
-            entry["val"] = evaluate(model, val_loader, data.class_names, cfg.amp)
-        entry["test"] = evaluate(model, test_loader, data.class_names, cfg.amp)
+            entry["val"] = evaluate(model, val_loader, data.class_names, precision.amp)
+        entry["test"] = evaluate(model, test_loader, data.class_names, precision.amp)
         entry["time_s"] = time.perf_counter() - t0
         history.append(entry)
         if not main:
@@ -360,7 +355,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
             "history": history,
         }, checkpoint_path)
 
-    metrics = results(cfg, data, history, lambda_con, device, time.perf_counter() - started)
+    metrics = results(cfg, data, history, lambda_con, device, precision, time.perf_counter() - started)
     if context.enabled:
         metrics["environment"]["processes"] = context.world_size
     if main:

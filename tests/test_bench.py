@@ -2,14 +2,19 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
+
+from smec_fast.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))  # the scripts import their shared helpers (benchenv)
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -20,31 +25,63 @@ def load_script(name: str):
 def test_bench_train_rows(tmp_path, fer_subset, with_data):
     bench = load_script("bench_train")
     out = tmp_path / "train.json"
-    argv = ["--device", "cpu", "--image-size", "32", "--batch", "4", "--modes", "plain", "eager",
+    # 40 px: SMEC's 20-px pieces are wide enough for bf16 on the CPU (smec_fast.precision)
+    argv = ["--device", "cpu", "--image-size", "40", "--batch", "4", "--modes", "plain", "eager",
             "--warmup", "0", "--steps", "1", "--repeats", "1", "--out", str(out)]
     if with_data:
-        argv += ["--data", str(fer_subset), "--limit", "16", "--loader-steps", "1", "--num-workers", "0"]
-        layouts = {False}
+        argv += ["--data", str(fer_subset), "--limit", "16", "--loader-steps", "1", "--num-workers", "0",
+                 "--amp", "off", "--channels-last", "off"]
+        ways = {("off", False)}
     else:
-        argv += ["--channels-last", "off", "on"]  # the plain way is always NCHW
-        layouts = {False, True}
+        argv += ["--amp", "off", "bf16", "--channels-last", "off", "on"]
+        ways = {(amp, nhwc) for amp in ("off", "bf16") for nhwc in (False, True)}
     rows = bench.main(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
     kinds = {"random", "torch", "cached"} if with_data else {"random"}
-    assert {(r["method"], r["mode"], r["data"], r["channels_last"]) for r in rows} == {
-        (m, mode, d, nhwc) for m in ("ce", "smec") for mode in ("plain", "eager") for d in kinds
-        for nhwc in (layouts if mode == "eager" else {False})
-        if d == "random" or (d == "torch") == (mode == "plain")}
+    assert {(r["method"], r["mode"], r["data"], r["amp"], r["channels_last"]) for r in rows} == {
+        (m, mode, d, amp, nhwc) for m in ("ce", "smec") for mode in ("plain", "eager") for d in kinds
+        for amp, nhwc in ways if d == "random" or (d == "torch") == (mode == "plain")}
     for r in rows:
-        for key in ("device", "image_size", "batch_size", "compiled", "step_ms", "images_per_s", "flops_per_step"):
+        for key in ("device", "image_size", "batch_size", "compiled", "step_ms", "images_per_s", "flops_per_step",
+                    "git", "torch", "cpu"):
             assert key in r, key
-        assert r["image_size"] == 32 and r["batch_size"] == 4 and not r["compiled"] and r["step_ms"] > 0
+        assert r["image_size"] == 40 and r["batch_size"] == 4 and not r["compiled"] and r["step_ms"] > 0
         assert r["images_per_s"] == pytest.approx(4000 / r["step_ms"])
-    flops = {(r["method"], r["mode"]): r["flops_per_step"] for r in rows if not r["channels_last"]}
+        assert r["cpu"]["native_bf16"] in (True, False)
+    flops = {(r["method"], r["mode"]): r["flops_per_step"] for r in rows if not r["channels_last"] and r["amp"] == "off"}
     # One forward per view or one batched forward: the same arithmetic (the flop counter sees inside the
     # reference L_con but not inside the registered op, a 1e-4 share of the step). SMEC adds the half-images.
     assert flops["ce", "plain"] == flops["ce", "eager"]
     assert flops["smec", "plain"] == pytest.approx(flops["smec", "eager"], rel=1e-3)
     smec = [r for r in rows if r["method"] == "smec"]
     assert all(1.8 < r["flop_ratio_to_ce"] < 2.4 for r in smec)
-    assert all("speedup_over_plain" in r for r in rows if r["mode"] == "eager")
+    # every way but the reference is set against plain fp32 NCHW on the same kind of input
+    reference = {(r["method"], r["data"] == "random") for r in rows
+                 if r["mode"] == "plain" and r["amp"] == "off" and not r["channels_last"]}
+    for r in rows:
+        is_reference = r["mode"] == "plain" and r["amp"] == "off" and not r["channels_last"]
+        assert ("speedup_over_plain" in r) == (not is_reference and (r["method"], r["data"] == "random") in reference)
+
+
+def test_bench_train_refuses_bf16_where_the_cpu_gets_it_wrong(tmp_path):
+    bench = load_script("bench_train")
+    with pytest.raises(ConfigError, match="--amp bf16 on the CPU"):
+        bench.main(["--device", "cpu", "--image-size", "32", "--batch", "4", "--methods", "smec", "--modes", "eager",
+                    "--amp", "bf16", "--channels-last", "off", "--warmup", "0", "--steps", "1", "--repeats", "1",
+                    "--out", str(tmp_path / "train.json")])
+
+
+def test_check_compile_rows(tmp_path):
+    check = load_script("check_compile")
+    out = tmp_path / "compile.json"
+    rows = check.main(["--device", "cpu", "--methods", "ce", "--ways", "eager", "eager-bf16", "--image-size", "40",
+                       "--batch-size", "16", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
+    by_way = {r["way"]: r for r in rows}
+    assert set(by_way) == {"eager", "eager-bf16"} and by_way["eager-bf16"]["amp"] == "bf16"
+    # fp32 rounding against float64 (measured 4e-6), and bf16's: every layer's activations rounded to 8 bits,
+    # which batch norm's cancellation in the backward amplifies (measured worst 0.6, median 0.33 here; a
+    # zero or garbage gradient scores 1 or more)
+    assert by_way["eager"]["worst_rel_err"] < 1e-4
+    assert by_way["eager"]["worst_rel_err"] < by_way["eager-bf16"]["worst_rel_err"] < 0.9
+    assert by_way["eager-bf16"]["median_rel_err"] < 0.5

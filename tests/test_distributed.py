@@ -14,20 +14,28 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from smec_fast.distributed import GlobalBatchNorm2d, sync_rows_
+from smec_fast.model import FerResNet18
 from smec_fast.trainer import read_checkpoint
 
 RUN = ["--image-size", "32", "--synthetic-train-size", "128", "--synthetic-test-size", "48", "--batch-size", "32",
        "--noise-rate", "0.3", "--progress", "false", "--num-workers", "0", "--dist-timeout", "60", "--lr", "1e-4"]
 
 # Two processes add the same numbers in another order than one process does (batch norm statistics, the
-# loss mean, gradient averaging), so they agree up to float32 rounding, amplified by Adam, which turns
-# rounding-sized gradients into lr-sized steps. Measured at lr 1e-4 (the paper's) after 8 steps: weights
-# differ by 5.4e-5 between one and two processes, and by 4.4e-5 between two one-process runs that differ
-# only in their thread count. The tolerances are 10x that. (At the preset's lr 1e-3 the same rounding
-# grows too fast to compare.)
-LOSS_TOL = 1e-5  # relative, per epoch mean of every loss part
-WEIGHT_TOL = 5e-4  # absolute, parameters and batch norm statistics
-TARGET_TOL = 1e-4  # absolute, ELR targets
+# loss mean, gradient averaging), so they agree up to float32 rounding, amplified by Adam: its first step
+# is lr * sign(g), so a gradient entry near zero whose sign the rounding flips moves by 2 lr. How far that
+# carries depends on the processor. Measured on a 2-core AMD EPYC (torch 2.14.1) for this RUN over 2
+# epochs of 4 steps, one process against two, and (in brackets) against one process training on half the
+# batch, which is what a process that missed the gradient all-reduce trains on:
+#   epoch 1 mean loss parts, relative            1.2e-7    (2.5e-2)
+#   epoch 2 mean loss parts, relative            1.6e-3    (3.4e-2)
+#   ||w_two - w_one|| / ||w_one - w_init||       8.3e-3    (1.04)   over all parameters
+#   ELR targets, mean |t_two - t_one|            1.2e-4    (1.9e-2)
+# (one process with 1 thread against 2 threads: 2.2e-7, 1.6e-3, 8.2e-3, 1.2e-4). The tolerances sit about
+# 6x above the rounding and 3-20x below the half-batch error.
+FIRST_EPOCH_LOSS_TOL = 1e-5  # relative, every loss part of the first epoch (one forward from equal weights)
+LOSS_TOL = 1e-2  # relative, every loss part of the later epochs
+UPDATE_TOL = 5e-2  # ||w_a - w_b|| / ||w_a - w_init||, all parameters
+TARGET_TOL = 1e-3  # mean absolute difference of the ELR targets
 
 
 def _free_port() -> int:
@@ -106,21 +114,31 @@ def _finish(process):
     return output
 
 
+def _initial_weights() -> dict:
+    torch.manual_seed(0)  # the trainer seeds with --seed (0) right before it builds the model
+    return FerResNet18(7).state_dict()
+
+
 def _compare(a_dir, b_dir):
     a = json.loads((a_dir / "metrics.json").read_text())
     b = json.loads((b_dir / "metrics.json").read_text())
     assert len(a["history"]) == len(b["history"])
-    for ha, hb in zip(a["history"], b["history"]):
+    for epoch, (ha, hb) in enumerate(zip(a["history"], b["history"])):
+        tol = FIRST_EPOCH_LOSS_TOL if epoch == 0 else LOSS_TOL
         for part, value in ha["train"].items():
-            assert abs(hb["train"][part] - value) <= LOSS_TOL * max(1.0, abs(value)), (part, ha["train"], hb["train"])
+            assert abs(hb["train"][part] - value) <= tol * max(1.0, abs(value)), (epoch, part, ha["train"], hb["train"])
+        # the same predictions, up to one of the 48 test images that rounding may tip over
+        assert abs(ha["test"]["accuracy"] - hb["test"]["accuracy"]) <= 100 / 48 + 1e-9
     wa = read_checkpoint(a_dir / "checkpoint.pt")
     wb = read_checkpoint(b_dir / "checkpoint.pt")
     assert wa["model"].keys() == wb["model"].keys()
-    worst = max((wa["model"][k].float() - wb["model"][k].float()).abs().max().item()
-                for k in wa["model"] if wa["model"][k].is_floating_point())
-    assert worst <= WEIGHT_TOL, worst
-    torch.testing.assert_close(wa["method"]["elr.targets"], wb["method"]["elr.targets"], atol=TARGET_TOL, rtol=0)
-    assert [h["test"]["accuracy"] for h in a["history"]] == [h["test"]["accuracy"] for h in b["history"]]
+    init = _initial_weights()
+    params = [k for k in init if init[k].is_floating_point() and "running" not in k]
+    moved = sum(((wa["model"][k] - init[k]) ** 2).sum() for k in params).sqrt()
+    apart = sum(((wa["model"][k] - wb["model"][k]) ** 2).sum() for k in params).sqrt()
+    assert moved > 0 and apart / moved <= UPDATE_TOL, (apart / moved).item()
+    gap = (wa["method"]["elr.targets"] - wb["method"]["elr.targets"]).abs().mean().item()
+    assert gap <= TARGET_TOL, gap
     return a, b
 
 

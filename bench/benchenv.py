@@ -1,0 +1,65 @@
+"""What every benchmark row records about where it was measured: device, versions, processor, git commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_sha() -> str:
+    """HEAD's commit, with "+dirty" when tracked files other than the results have uncommitted changes."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+        return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def cpu_features() -> dict:
+    """The processor features that decide the CPU's precision (smec_fast.precision)."""
+    from smec_fast.precision import cpu_bf16_support
+
+    native, what = cpu_bf16_support()
+    return {"model": cpu_model(), "cores": os.cpu_count(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native, "bf16_instructions": what if native else None}
+
+
+def versions() -> dict:
+    """Python, torch, torchvision, triton and DALI versions (None where not installed)."""
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    for name, module in (("torchvision", "torchvision"), ("triton", "triton"), ("dali", "nvidia.dali")):
+        try:
+            out[name] = __import__(module, fromlist=["__version__"]).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+__all__ = ["REPO", "cpu_features", "cpu_model", "device_name", "git_sha", "versions"]

@@ -1,0 +1,125 @@
+"""Numeric precision and memory layout of a run: `--amp` and `--channels-last`, resolved for the device.
+
+On CUDA, `auto` means bf16 autocast and channels_last. On a CPU it follows the processor: where it has
+native bf16 matrix instructions (Intel AMX, or AVX512-BF16 on Intel Cooper Lake and later and AMD Zen 4
+and later), oneDNN runs bf16 convolutions at about twice the fp32 rate, and NHWC is its native layout. One
+ResNet-18 CE training step (Adam, 7 classes), measured on this project's 2-core AMD EPYC (AVX512-BF16, no
+AMX), torch 2.14.1:
+
+    112 px, batch 64:   fp32 NCHW 1,396 ms   fp32 NHWC 1,149 ms   bf16 NCHW 741 ms   bf16 NHWC 680 ms (2.05x)
+     64 px, batch 32:   fp32 NCHW   269 ms   fp32 NHWC   258 ms   bf16 NCHW 177 ms   bf16 NHWC 164 ms (1.64x)
+
+Without those instructions bf16 is emulated and slower than fp32, so there `auto` keeps fp32 NCHW. The
+losses (CE, ELR, L_con) and the ELR targets are computed in fp32 whatever the autocast dtype
+(`smec_fast.losses`).
+
+One CPU case is excluded: oneDNN 3.12 (torch 2.14.1; its jit_bf16:avx512_core_bf16 backward-weights kernel)
+returns garbage (values of 1e35, inf, NaN, varying from call to call) for the bf16 weight gradient of a
+stride-2 convolution whose input map is one pixel wide; the fp32 gradient and the bf16 forward and input
+gradient are right. ResNet-18 halves the width four times before layer4's stride-2 convolution, so any image
+(or SMEC piece) at most 16 px wide meets it: there `auto` trains in fp32 and `--amp bf16` is refused.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from smec_fast.errors import ConfigError
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether this processor has native bf16 matrix instructions, as torch reports them, and which."""
+    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    found = [name for name, probe in probes if _cpu_flag(probe)]
+    if found:
+        return True, " and ".join(found)
+    return False, f"no AMX or AVX512-BF16 (torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
+
+
+def _cpu_flag(probe: str) -> bool:
+    check = getattr(torch.cpu, probe, None)  # private torch.cpu probes; absent in some builds
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in: the autocast dtype ("bf16", "fp16" or "off" for fp32), the memory layout, and
+    why they were chosen."""
+
+    amp: str
+    channels_last: bool
+    reason: str
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def to_dict(self) -> dict:
+        return {"amp": self.amp, "channels_last": self.channels_last, "reason": self.reason}
+
+    def describe(self) -> str:
+        dtype = "fp32" if self.amp == "off" else f"{self.amp} autocast"
+        return f"{dtype}, {'channels_last' if self.channels_last else 'NCHW'} ({self.reason})"
+
+
+# ResNet-18's stride-2 layers before layer4's stride-2 convolution (conv1, maxpool, layer2, layer3) each map a
+# width w to ceil(w / 2): that convolution sees ceil(w / 16), one pixel for any w <= 16.
+NARROWEST_BF16_CPU_WIDTH = 17
+
+
+def resolve_precision(amp: str, channels_last: str, device: torch.device | str,
+                      narrowest_width: int | None = None) -> Precision:
+    """`--amp` (auto | bf16 | fp16 | off) and `--channels-last` (auto | on | off) for `device`.
+
+    auto: on CUDA, bf16 and channels_last; on a CPU, bf16 and channels_last where the processor has native
+    bf16 matrix instructions (cpu_bf16_support), fp32 NCHW elsewhere. On a CPU, channels_last `auto` follows
+    the precision, so `--amp off` alone gives fp32 NCHW. fp16 needs CUDA (its gradient scaler, and CPUs
+    have no fast fp16 path). `narrowest_width` is the width in pixels of the narrowest input the network
+    trains on (SMEC's pieces); on a CPU, below NARROWEST_BF16_CPU_WIDTH bf16 is not used (module docstring).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        chosen, reason = ("bf16", "CUDA") if amp == "auto" else (amp, f"--amp {amp}")
+        layout = channels_last != "off"
+    else:
+        if amp == "fp16":
+            raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use bf16, off or auto")
+        too_narrow = narrowest_width is not None and narrowest_width < NARROWEST_BF16_CPU_WIDTH
+        if amp == "bf16" and too_narrow:
+            raise ConfigError(f"--amp bf16 on the CPU: inputs {narrowest_width} px wide reach a stride-2 "
+                              f"convolution one pixel wide, whose bf16 weight gradient oneDNN gets wrong; use "
+                              f"--amp off, or images (or SMEC pieces) at least {NARROWEST_BF16_CPU_WIDTH} px wide")
+        if amp == "auto":
+            native, what = cpu_bf16_support()
+            chosen, reason = ("bf16" if native else "off"), f"CPU with {what}"
+            if native and too_narrow:
+                chosen, reason = "off", (f"CPU with {what}, but {narrowest_width}-px-wide inputs, where bf16 "
+                                         f"weight gradients are wrong: fp32")
+        else:
+            chosen, reason = amp, f"--amp {amp}"
+        layout = chosen == "bf16" if channels_last == "auto" else channels_last == "on"
+    if channels_last != "auto":
+        reason += f", --channels-last {channels_last}"
+    return Precision(chosen, layout, reason)
+
+
+def autocast_context(device: torch.device | str, amp: str):
+    """Autocast to `amp` ("bf16" or "fp16") on the device's type; no autocast (fp32) for "off"."""
+    device = torch.device(device)
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def fp32_region(device_type: str):
+    """A block computed in the inputs' own dtypes, outside any autocast: the losses, which promote to fp32."""
+    return torch.autocast(device_type, enabled=False)
+
+
+__all__ = ["Precision", "autocast_context", "cpu_bf16_support", "fp32_region", "resolve_precision"]
