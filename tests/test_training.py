@@ -94,9 +94,11 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
 
 
 def test_short_smec_run_on_embedded_data_beats_chance(tmp_path):
-    # The synthetic preset (64 px, lr 1e-3, lambda_con warm-up) on half the default data, three epochs.
+    # The synthetic preset (64 px, lr 1e-3, lambda_con warm-up) on half the default data, four epochs, in the
+    # default precision (bf16 on CPUs with native bf16, which learns a little more slowly over the first
+    # epochs: 49 % after three, 60 % after four, against fp32's 54 % after three).
     metrics = train(resolve_config(cli_values=dict(out=str(tmp_path / "smec"), synthetic_train_size=1000,
-                                                   synthetic_test_size=300, epochs=3, progress=False)))
+                                                   synthetic_test_size=300, epochs=4, progress=False)))
     # Chance: 1/7 balanced accuracy; always answering the largest class gives 38.7 % accuracy here.
     assert metrics["best_accuracy"] > 50.0, metrics["history"]
     assert metrics["best_balanced_accuracy"] > 25.0, metrics["history"]
