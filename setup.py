@@ -22,13 +22,15 @@ setup(
         "nvidia-dali-cuda130",
         "numpy",
         "pillow",
+        "psutil",
         "pyyaml",
         "tqdm",
         "matplotlib",
     ],
     extras_require={
         "export": ["onnx", "onnxscript"],
-        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime"],
+        "tensorboard": ["tensorboard"],
+        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

@@ -5,7 +5,7 @@ Three ways to run the same optimizer step, on the same model, batch and image si
     plain     as public FER code is written: one forward per view (the original image, then each flipped
               piece on its own), pure-PyTorch losses, the default (foreach) Adam; fp32 NCHW unless asked
     eager     this trainer's step without compilation: all pieces in one batched forward, the fused ops,
-              the fused Adam on CUDA
+              the fused Adam
     compiled  the eager step with model and loss under torch.compile (the trainer's default on CUDA)
 
 Each way runs in every precision (`--amp`: off = fp32, bf16 autocast) and layout (`--channels-last`) asked
@@ -104,7 +104,7 @@ class Step:
         self.objective = objective
         self.forward = torch.compile(objective) if mode == "compiled" else objective
         self.optimizer = torch.optim.Adam(objective.parameters(), lr=1e-4, weight_decay=1e-4,
-                                          fused=fast and device.type == "cuda")
+                                          fused=fast)
 
     def __call__(self, images, labels, index) -> None:
         if self.channels_last:

@@ -87,6 +87,8 @@ class TrainConfig:
     resume: bool = False  # continue the run in `out` from its last checkpoint
     dist_timeout: float = 600.0  # torchrun: seconds a process waits for the others before the job fails
     progress: bool = True  # show a progress bar
+    profile: str | None = None  # START:STOP: torch.profiler trace and op table of those training steps (from 0)
+    tensorboard: bool = False  # write the epochs' scalars under OUT/tensorboard (needs the tensorboard package)
 
     def __post_init__(self) -> None:
         self.grid = tuple(self.grid)
@@ -143,6 +145,10 @@ class TrainConfig:
                      "scn_margin_relabel", "scn_relabel_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.profile is not None:
+            from smec_fast.monitor import parse_step_range
+
+            parse_step_range(self.profile)
         if self.lambda_con is not None and self.lambda_con < 0:
             raise ConfigError(f"--lambda-con must be >= 0, got {self.lambda_con}")
         return self

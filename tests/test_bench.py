@@ -85,3 +85,22 @@ def test_check_compile_rows(tmp_path):
     assert by_way["eager"]["worst_rel_err"] < 1e-4
     assert by_way["eager"]["worst_rel_err"] < by_way["eager-bf16"]["worst_rel_err"] < 0.9
     assert by_way["eager-bf16"]["median_rel_err"] < 0.5
+
+
+def test_pytest_benchmark_suite_runs_in_smoke_mode(tmp_path):
+    """`pytest bench --smoke`: every benchmark runs once at tiny sizes and pytest-benchmark prints its tables
+    and saves its JSON (the Triton ones are skipped without CUDA)."""
+    import subprocess
+
+    saved = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "--smoke", "-p", "no:cacheprovider",
+                             f"--benchmark-json={saved}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for group in ("consistency fwd+bwd b=2", "elr fwd+bwd b=2", "training step b=2"):
+        assert f"benchmark '{group}'" in result.stdout
+    import torch
+
+    providers = ("torch", "compile", "triton") if torch.cuda.is_available() else ("torch", "compile")
+    names = {b["name"] for b in json.loads(saved.read_text())["benchmarks"]}
+    assert names == {f"test_fused_op[2-{op}-{p}]" for op in ("consistency", "elr") for p in providers} | {
+        "test_training_step[2-ce]", "test_training_step[2-smec]"}

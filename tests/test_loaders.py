@@ -418,6 +418,32 @@ def test_factory_and_default_choice(small_split):
         make_loader("fast", small_split, 8, 2, CPU, train=False)
 
 
+def test_default_choice_reads_the_memory_the_os_can_give(monkeypatch, small_split):
+    """The cache is sized against available memory (page cache included), not the free-page count, which
+    a full page cache drives near zero on an idle machine."""
+    import collections
+    import os
+
+    from smec_fast.data import loaders
+    from smec_fast.data.cache import cache_bytes
+
+    need = cache_bytes(small_split, 8)
+    memory = collections.namedtuple("svmem", "total available")
+    page = os.sysconf("SC_PAGE_SIZE")
+    real_sysconf = os.sysconf
+    # a page cache holding nearly everything: almost nothing "free", plenty available
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real_sysconf(name))
+    monkeypatch.setattr(loaders.psutil, "virtual_memory", lambda: memory(total=8 * need, available=4 * need))
+    assert loaders.available_host_memory() == 4 * need and page > 0
+    assert default_loader("cpu", small_split, 8) == "cached"
+    # too little available for the cache in a quarter of it: DALI when installed, else the reference loader
+    monkeypatch.setattr(loaders.psutil, "virtual_memory", lambda: memory(total=8 * need, available=3 * need))
+    monkeypatch.setattr(loaders, "dali_available", lambda: True)
+    assert default_loader("cpu", small_split, 8) == "dali"
+    monkeypatch.setattr(loaders, "dali_available", lambda: False)
+    assert default_loader("cpu", small_split, 8) == "torch"
+
+
 def test_dali_missing_gives_a_clear_error(monkeypatch, small_split):
     import builtins
 

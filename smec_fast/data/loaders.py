@@ -7,8 +7,8 @@ Every kind has SplitLoader's interface and yields the same batches (loader.epoch
 from __future__ import annotations
 
 import logging
-import os
 
+import psutil
 import torch
 
 from smec_fast.errors import ConfigError
@@ -21,8 +21,8 @@ from .split import ImageSplit
 log = logging.getLogger(__name__)
 
 LOADER_KINDS = ("torch", "dali", "cached")
-# Share of the free device (or host) memory the cached loader may take when it is chosen by default; the rest
-# is left to the model, its activations and the optimizer.
+# Share of the free device memory (or the available host memory) the cached loader may take when it is chosen
+# by default; the rest is left to the model, its activations and the optimizer.
 CACHE_MEMORY_SHARE = 0.25
 
 
@@ -42,7 +42,8 @@ def default_loader(device: torch.device | str, split: ImageSplit, image_size: in
     The cached path makes batches with torch's intra-op threads, which stall when other processes hold
     the cores; DALI's own threads degrade less. A training process is the one busy process on its machine
     and runs the model between batches in those same threads, so the idle-machine figures apply: on the CPU
-    "cached", unless the uint8 cache would take more than CACHE_MEMORY_SHARE of the free memory. On a GPU
+    "cached", unless the uint8 cache would take more than CACHE_MEMORY_SHARE of the memory the OS can give
+    (available_host_memory). On a GPU
     the cached path only gathers, flips and resizes batches already in device memory, with no decoding per
     epoch, so it is chosen under the same memory rule, else "dali" (GPU decoding) when it is installed,
     else the reference loader. (No GPU figures yet: bench/gpu_data.sh measures them.) In-memory splits (the synthetic dataset) are already device-resident: "torch".
@@ -60,10 +61,12 @@ def default_loader(device: torch.device | str, split: ImageSplit, image_size: in
 
 
 def available_host_memory() -> int | None:
-    """Bytes of memory this machine has free, or None where the OS does not say."""
+    """Bytes of memory the OS can give a process without swapping (Linux: MemAvailable, which counts the page
+    cache it can drop), or None where it does not say. The free-page count is no guide: on a 24 GiB
+    machine after a few runs it read 819 MiB free against 22.7 GiB available."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
         return None
 
 
