@@ -1,7 +1,8 @@
 """Images per second of each loader kind (torch reference, DALI, device cache), side by side in one run.
 
 Each loader reads the same images (the first --limit files of FER2013's training split, class folders in
-sorted order), with the same batch size and the same number of workers (DataLoader processes, DALI threads,
+sorted order, or of a RAF-DB tree's with --dataset rafdb), with the same batch size and the same number of
+workers (DataLoader processes, DALI threads,
 cache decoding threads), as training batches: shuffled, half flipped, normalised float32 (B, 3, S, S) on the
 device. One untimed warm-up epoch per loader absorbs pipeline building and first-touch costs; then the loaders
 take turns for --epochs timed epochs each (interleaving spreads any drift of a shared machine over all of
@@ -12,20 +13,19 @@ and after each (device, size) group: on a shared machine, other jobs' load chang
 
     python bench/bench_data.py                       # CPU rows (and GPU rows where CUDA is present)
     python bench/bench_data.py --devices cuda --limit 0 --out $OUT/data_gpu.json
+    python bench/bench_data.py --dataset rafdb --data /tmp/rafdb --devices cuda --sizes 224 --limit 0
 
-Prints a table with the ratio of each loader to the torch loader and writes the rows as a JSON list.
+Prints a table with the ratio of each loader to the torch loader and writes the rows as a JSON list (after
+every (device, size) group, so an interrupted run keeps what it measured).
 A benchmark reports; it asserts no speed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -33,12 +33,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchenv import REPO, device_name, git_sha, versions
 
-from smec_fast.data import load_folder  # noqa: E402
-from smec_fast.data.dali import dali_available  # noqa: E402
-from smec_fast.data.loaders import make_loader  # noqa: E402
+
+from smec_fast.data import load_folder, load_rafdb
+from smec_fast.data.dali import dali_available
+from smec_fast.data.loaders import make_loader
+from smec_fast.io import atomic_write_json
 
 
 def default_data() -> Path:
@@ -48,50 +49,12 @@ def default_data() -> Path:
     return REPO.parent / "shared" / "data" / "fer2013"
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import torchvision
-
-        out["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    try:
-        import nvidia.dali
-
-        out["dali"] = nvidia.dali.__version__
-    except ImportError:
-        out["dali"] = None
-    return out
-
-
-def git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def load_average() -> list[float] | None:
     """The machine's 1/5/15-minute load averages: other processes' share of the CPUs during the run."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cores)"
 
 
 def time_epoch(loader, epoch: int, device: torch.device) -> tuple[int, float]:
@@ -110,7 +73,9 @@ def time_epoch(loader, epoch: int, device: torch.device) -> tuple[int, float]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=default_data(), help="class-folder dataset (train/ inside)")
+    parser.add_argument("--data", type=Path, default=default_data(),
+                        help="class-folder dataset (train/ inside), or a RAF-DB tree with --dataset rafdb")
+    parser.add_argument("--dataset", choices=["folder", "rafdb"], default="folder")
     parser.add_argument("--limit", type=int, default=3000, help="first N training images (0: all)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -121,12 +86,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "data_cpu.json")
     args = parser.parse_args(argv)
 
-    split = load_folder(args.data, "train")
+    split = load_rafdb(args.data, "train") if args.dataset == "rafdb" else load_folder(args.data, "train")
     total = len(split)
     if args.limit and args.limit < total:
         split = split.subset(torch.arange(args.limit))
-    subset = (f"first {len(split)} of {total} images of {args.data / 'train'} (class folders in sorted order)"
-              if len(split) < total else f"all {total} images of {args.data / 'train'}")
+    source = args.data if args.dataset == "rafdb" else args.data / "train"
+    subset = (f"first {len(split)} of {total} training images of {source}" if len(split) < total
+              else f"all {total} training images of {source}")
     devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto"
                else args.devices.split(","))
     kinds = args.loaders.split(",")
@@ -135,8 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         kinds.remove("dali")
     common = {
         "batch_size": args.batch_size, "num_workers": args.num_workers, "torch_threads": torch.get_num_threads(),
-        "timed_epochs": args.epochs, "subset": subset, "versions": versions(), "git_sha": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "cpu_count": os.cpu_count(),
+        "timed_epochs": args.epochs, "subset": subset, "versions": versions(), "git": git_sha(),
+        "cpu_count": os.cpu_count(),
         "load_average_at_start": load_average(),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,6 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "images_per_epoch": count[kind], "setup_s": round(setup[kind], 3),
                              "load_average_at_end": load_average(), **common})
             del loaders
+            atomic_write_json(args.out, rows)
 
     print(f"\n{'loader':8} {'device':6} {'size':>5} {'images/s':>10} {'x torch':>8} {'setup s':>8}")
     for row in rows:
@@ -179,8 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ratio = f"{row['ratio_vs_torch']:.2f}" if base else "-"
         print(f"{row['loader']:8} {row['device']:6} {row['image_size']:>5} {row['images_per_s']:>10.0f} "
               f"{ratio:>8} {row['setup_s']:>8.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_json(args.out, rows)
     print(f"\nwrote {args.out}")
     return rows
 

@@ -30,12 +30,12 @@ import datetime
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from benchenv import device_name, git_sha, versions
 
 from smec_fast.kernels import (
     elr_cross_entropy,
@@ -60,21 +60,19 @@ def resnet_map_size(pixels: int) -> int:
     return pixels
 
 
-def git_sha() -> str:
+def kernel_launches(fn, device: torch.device) -> int | None:
+    """CUDA kernels (and memset/memcpy operations) that one call of `fn` launches, counted by torch.profiler."""
+    if device.type != "cuda":
+        return None
+    fn()
+    torch.cuda.synchronize(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        # Results files themselves do not make the measured code dirty.
-        dirty = subprocess.run(["git", "status", "--porcelain", "kernels", "bench", ":!bench/results"], cwd=REPO,
-                               capture_output=True, text=True, check=True)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    except AttributeError:  # a profiler event without device_type
+        return None
 
 
 def median_ms(fn, device: torch.device, cudagraph: bool) -> float:
@@ -173,7 +171,8 @@ def mode_fn(mode: str, fn, inputs, leaves):
     return lambda: torch.autograd.grad(loss, leaves, retain_graph=True)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, emit=None) -> list[dict]:
+    """Every (op, batch, mode) row; `emit(row)`, when given, receives each row as soon as it is measured."""
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     providers = [p for p in args.providers if device.type == "cuda" or p != "triton"]
@@ -182,8 +181,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     bandwidth = copy_bandwidth_gbs(device)
     common = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device), "torch": torch.__version__, "triton": _triton_version(),
-        "python": platform.python_version(), "git": git_sha(), "timer": _timer_name(device, args.cudagraph),
+        "device": device_name(device), **versions(), "git": git_sha(), "timer": _timer_name(device, args.cudagraph),
         "copy_bandwidth_gbs": bandwidth,
         # Other processes on a shared CPU skew its timings; the load average says how busy it was.
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -201,20 +199,24 @@ def run(args: argparse.Namespace) -> list[dict]:
                 config, inputs, leaves, fused, reference, nbytes = elr_case(batch, args.classes, dtype, device)
             fns = {p: provider_fn(p, fused, reference) for p in providers}
             for mode in args.modes:
-                times = {}
+                times, launches = {}, {}
                 for provider in providers:
                     with kernel_backend("fused"):
                         try:
-                            times[provider] = median_ms(mode_fn(mode, fns[provider], inputs, leaves), device,
-                                                        args.cudagraph)
+                            call = mode_fn(mode, fns[provider], inputs, leaves)
+                            times[provider] = median_ms(call, device, args.cudagraph)
+                            launches[provider] = kernel_launches(call, device)
                         except Exception as error:  # a provider that fails is reported, not fatal
                             print(f"  {op} b={batch} {mode} {provider}: {type(error).__name__}: {error}")
                             times[provider] = None
-                rows.append(report(op, mode, config, times, nbytes[mode], bandwidth, common))
+                rows.append(report(op, mode, config, times, launches, nbytes[mode], bandwidth, common))
+                if emit is not None:
+                    emit(rows[-1])
     return rows
 
 
-def report(op: str, mode: str, config: dict, times: dict, nbytes: int, bandwidth: float | None, common: dict) -> dict:
+def report(op: str, mode: str, config: dict, times: dict, launches: dict, nbytes: int, bandwidth: float | None,
+           common: dict) -> dict:
     gbs = {p: nbytes / (t * 1e-3) / 1e9 for p, t in times.items() if t}
     ratios = {}
     base = "triton" if times.get("triton") else "compile"
@@ -229,18 +231,11 @@ def report(op: str, mode: str, config: dict, times: dict, nbytes: int, bandwidth
     extra = " ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
     if floor:
         extra += " | floor/time " + " ".join(f"{p} {v:.2f}" for p, v in floor.items())
-    print(f"{op:11s} b={config['batch']:<4d} {mode:8s} {shown} | {extra}")
+    if any(n is not None for n in launches.values()):
+        extra += " | kernels " + " ".join(f"{p} {n}" for p, n in launches.items())
+    print(f"{op:11s} b={config['batch']:<4d} {mode:8s} {shown} | {extra}", flush=True)
     return {**common, "op": op, "mode": mode, "config": config, "bytes": nbytes, "median_ms": times,
-            "gb_per_s": gbs, "ratios": ratios, "floor_over_time": floor}
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "none"
+            "gb_per_s": gbs, "ratios": ratios, "floor_over_time": floor, "kernel_launches": launches}
 
 
 def _timer_name(device: torch.device, cudagraph: bool) -> str:
@@ -269,11 +264,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a", encoding="utf-8") as f:
-        for row in rows:
+
+    def append(row: dict) -> None:  # row by row: a run cut short keeps what it measured
+        with args.out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+    rows = run(args, emit=append)
     print(f"appended {len(rows)} rows to {args.out}")
     return 0
 

@@ -48,18 +48,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchenv import REPO, cpu_features, device_name, git_sha, versions
 
-sys.path.insert(0, str(REPO))
 
-from smec_fast.config import resolve_config  # noqa: E402
-from smec_fast.io import atomic_write_json  # noqa: E402
-from smec_fast.data import load_folder  # noqa: E402
-from smec_fast.data.loaders import default_loader, make_loader  # noqa: E402
-from smec_fast.kernels import kernel_backend  # noqa: E402
-from smec_fast.methods import build_method, narrowest_input_width  # noqa: E402
-from smec_fast.model import FerResNet18  # noqa: E402
-from smec_fast.precision import autocast_context, resolve_precision  # noqa: E402
-from smec_fast.split_merge import split_and_flip  # noqa: E402
-from smec_fast.trainer import TrainingObjective  # noqa: E402
+from smec_fast.config import resolve_config
+from smec_fast.io import atomic_write_json
+from smec_fast.data import load_folder
+from smec_fast.data.loaders import default_loader, make_loader
+from smec_fast.kernels import kernel_backend
+from smec_fast.methods import build_method, narrowest_input_width
+from smec_fast.model import FerResNet18
+from smec_fast.precision import autocast_context, resolve_precision
+from smec_fast.split_merge import split_and_flip
+from smec_fast.trainer import TrainingObjective
 
 RAFDB_TRAIN_IMAGES = 12271
 MODES = ("plain", "eager", "compiled")
@@ -125,7 +124,8 @@ class Step:
 
 
 def way_name(row: dict) -> str:
-    return f"{row['mode']:8s} {'fp32' if row['amp'] == 'off' else row['amp']} {'NHWC' if row['channels_last'] else 'NCHW'}"
+    precision = "fp32" if row["amp"] == "off" else row["amp"]
+    return f"{row['mode']:8s} {precision} {'NHWC' if row['channels_last'] else 'NCHW'}"
 
 
 def sync(device: torch.device) -> None:
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row.update(images_per_s=row["batch_size"] / row["step_ms"] * 1000, **env)
         row["rafdb_epoch_s"] = RAFDB_TRAIN_IMAGES / row["images_per_s"]
         rows.append(row)
+        atomic_write_json(out, rows)  # row by row: a run cut short keeps what it measured
         print(f"{row['method']:5s} {row['image_size']:4d} px b={row['batch_size']:<4d} {way_name(row)} "
               f"{row['data']:7s} {row['step_ms']:9.2f} ms/step {row['images_per_s']:9.1f} img/s "
               f"{row['flops_per_step'] / 1e9:8.2f} GFLOP/step  RAF-DB epoch {row['rafdb_epoch_s']:7.1f} s",
@@ -228,11 +229,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         split = load_folder(args.data, "train")
         if args.limit and args.limit < len(split):
             split = split.subset(torch.arange(args.limit))
-    for size, batch in itertools.product(sizes, batches):
-        labels = torch.randint(0, 7, (4 * batch,), generator=torch.Generator().manual_seed(0))
-        random_batch = (torch.randn(batch, 3, size, size, device=device), labels[:batch].to(device),
-                        torch.arange(batch, device=device))
-        for mode in modes:
+    # Way by way, the cheap ones first: a run cut short (gpu.sh gives each stage a time budget) has the plain and
+    # eager rows of every size before the compiled ones, which spend most of their time compiling.
+    for mode in modes:
+        for size, batch in itertools.product(sizes, batches):
+            labels = torch.randint(0, 7, (4 * batch,), generator=torch.Generator().manual_seed(0))
+            random_batch = (torch.randn(batch, 3, size, size, device=device), labels[:batch].to(device),
+                            torch.arange(batch, device=device))
             for amp, layout in default_ways(gpu, mode, args.amp, args.channels_last):
                 for method in args.methods:
                     step = Step(method, mode, labels, device, amp, layout, size)

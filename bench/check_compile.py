@@ -20,23 +20,19 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchenv import REPO, device_name, git_sha
 
-from benchenv import device_name, git_sha  # noqa: E402
-
-from smec_fast.config import resolve_config  # noqa: E402
-from smec_fast.io import atomic_write_json  # noqa: E402
-from smec_fast.data import SplitLoader, synthetic_split  # noqa: E402
-from smec_fast.methods import build_method, narrowest_input_width  # noqa: E402
-from smec_fast.model import FerResNet18  # noqa: E402
-from smec_fast.precision import autocast_context, resolve_precision  # noqa: E402
-from smec_fast.trainer import TrainingObjective  # noqa: E402
+from smec_fast.config import resolve_config
+from smec_fast.io import atomic_write_json
+from smec_fast.data import SplitLoader, synthetic_split
+from smec_fast.methods import build_method, narrowest_input_width
+from smec_fast.model import FerResNet18
+from smec_fast.precision import autocast_context, resolve_precision
+from smec_fast.trainer import TrainingObjective
 
 WAYS = {"eager": ("off", False), "compiled": ("off", True), "eager-bf16": ("bf16", False),
         "compiled-bf16": ("bf16", True)}  # way: (autocast, compiled)
@@ -84,6 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "median_rel_err": statistics.median(errors.values()), "worst_param": worst,
                    "loss_rel_err": ((loss - loss64).abs() / loss64.abs()).item(), **env}
             rows.append(row)
+            atomic_write_json(out, rows)  # row by row: a run cut short keeps what it measured
             print(f"{method:6} {way:13} {row['worst_rel_err']:9.1e} {row['median_rel_err']:9.1e} "
                   f"{row['loss_rel_err']:9.1e}  {worst}", flush=True)
     atomic_write_json(out, rows)

@@ -1,4 +1,4 @@
-"""Command line: `smec-fast train | evaluate | predict | export | sweep | cam | noise`.
+"""Command line: `smec-fast train | evaluate | predict | export | sweep | cam | noise | synth-rafdb`.
 
 Every TrainConfig field is an option of `train` (`--batch-size 32` or `--batch_size 32`); a YAML/JSON file
 given with `--config` sets values that the command line overrides. Any error prints one line naming what is
@@ -121,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--device", default="auto")
     _common(figure)
     figure.set_defaults(func=cmd_cam)
+
+    synth = sub.add_parser("synth-rafdb", allow_abbrev=False,
+                           help="write the embedded synthetic faces as a RAF-DB tree of JPEGs",
+                           description="Draw synthetic faces and write them in RAF-DB's layout "
+                           "(basic/EmoLabel/list_patition_label.txt, basic/Image/aligned/*_aligned.jpg), so that "
+                           "--dataset rafdb runs on them: for benchmarks and tests without RAF-DB's images.")
+    synth.add_argument("out", help="folder to write (it must not hold a RAF-DB tree already)")
+    synth.add_argument("--train", type=int, default=12271, help="training faces (default 12271, RAF-DB's)")
+    synth.add_argument("--test", type=int, default=3068, help="test faces (default 3068, RAF-DB's)")
+    synth.add_argument("--size", type=int, default=100, help="image side in pixels (default 100, RAF-DB's aligned)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, help="processes (default: one per core)")
+    synth.add_argument("--report", help="also write what was written (counts, size, seconds) to this JSON file")
+    _common(synth)
+    synth.set_defaults(func=cmd_synth_rafdb)
 
     noise = sub.add_parser("noise", allow_abbrev=False, help="write an EAC-format label file with symmetric noise")
     noise.add_argument("--labels", required=True, help="clean label file (name label lines, 1-based labels)")
@@ -301,6 +316,30 @@ def cmd_cam(args: argparse.Namespace) -> int:
     panels = cam_panels(models, sources, labels)
     save_cam_grid(panels, ["input", *titles], row_titles, args.out)
     print(f"CAMs of {len(sources)} images x {len(models)} models -> {args.out}")
+    return 0
+
+
+def cmd_synth_rafdb(args: argparse.Namespace) -> int:
+    import time
+
+    from smec_fast.data.rafdb import LABEL_FILE
+    from smec_fast.data.synthetic_rafdb import write_synthetic_rafdb
+
+    for value, option in ((args.train, "--train"), (args.test, "--test"), (args.size, "--size")):
+        _positive(value, option)
+    if args.workers is not None:
+        _positive(args.workers, "--workers")
+    if (Path(args.out) / LABEL_FILE).exists():
+        raise ConfigError(f"{args.out} already holds a RAF-DB tree ({LABEL_FILE}); choose another folder")
+    start = time.perf_counter()
+    written = write_synthetic_rafdb(args.out, args.train, args.test, args.size, args.seed, args.workers)
+    written["seconds"] = time.perf_counter() - start
+    if args.report:
+        from smec_fast.io import atomic_write_json
+
+        atomic_write_json(args.report, [written])
+    print(f"{written['files']} faces ({args.train} train, {args.test} test, {args.size} px) in "
+          f"{time.perf_counter() - start:.1f} s -> {args.out} (--dataset rafdb --data {args.out})")
     return 0
 
 

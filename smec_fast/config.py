@@ -79,7 +79,8 @@ class TrainConfig:
 
     # --- runtime ---
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: str = "auto"  # autocast dtype: auto (bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32) | bf16 | fp16 (CUDA) | off
+    # autocast dtype: auto (bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32) | bf16 | fp16 (CUDA) | off
+    amp: str = "auto"
     compile: str = "auto"  # torch.compile the model and the loss: auto (on CUDA) | on | off
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     channels_last: str = "auto"  # NHWC model and inputs: auto (on CUDA; on a CPU, when training in bf16) | on | off

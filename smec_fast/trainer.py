@@ -408,6 +408,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
         board.close()
 
     metrics = results(cfg, data, history, lambda_con, device, precision, time.perf_counter() - started)
+    metrics.update(loader=kind, compiled=switch_on(cfg.compile, device))
     if context.enabled:
         metrics["environment"]["processes"] = context.world_size
     if main:

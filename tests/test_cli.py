@@ -241,9 +241,9 @@ def _train_process(out, *extra):
 
 
 def _comparable(metrics):
-    drop = {"train_time_s", "environment", "config"}
+    drop = {"train_time_s", "environment", "config", "throughput"}  # timings and where it ran
     out = {k: v for k, v in metrics.items() if k not in drop}
-    out["history"] = [{k: v for k, v in h.items() if k != "time_s"} for h in metrics["history"]]
+    out["history"] = [{k: v for k, v in h.items() if k not in ("time_s", "throughput")} for h in metrics["history"]]
     return out
 
 

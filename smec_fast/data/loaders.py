@@ -46,7 +46,7 @@ def default_loader(device: torch.device | str, split: ImageSplit, image_size: in
     (available_host_memory). On a GPU
     the cached path only gathers, flips and resizes batches already in device memory, with no decoding per
     epoch, so it is chosen under the same memory rule, else "dali" (GPU decoding) when it is installed,
-    else the reference loader. (No GPU figures yet: bench/gpu_data.sh measures them.) In-memory splits (the synthetic dataset) are already device-resident: "torch".
+    else the reference loader. (No GPU figures yet: the loaders stage of bench/gpu.sh measures them.) In-memory splits (the synthetic dataset) are already device-resident: "torch".
     """
     device = torch.device(device)
     if split.images is not None:
