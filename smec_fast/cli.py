@@ -1,4 +1,4 @@
-"""Command line: `smec-fast train | evaluate | predict | export | sweep | cam | noise | synth-rafdb`.
+"""Command line: `smec-fast train | evaluate | predict | audit | export | sweep | cam | noise | synth-rafdb`.
 
 Every TrainConfig field is an option of `train` (`--batch-size 32` or `--batch_size 32`); a YAML/JSON file
 given with `--config` sets values that the command line overrides. Any error prints one line naming what is
@@ -20,6 +20,7 @@ from smec_fast.config import FIELDS, coerce, load_config_file, resolve_config, u
 from smec_fast.errors import ConfigError, SmecFastError, first_line
 
 PROG = "smec-fast"
+log = logging.getLogger(__name__)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     _common(predict)
     predict.set_defaults(func=cmd_predict)
+
+    audit = sub.add_parser("audit", allow_abbrev=False, help="rank a dataset's labels by how likely a model finds "
+                           "them wrong", description="Score every image of a split with a trained model and write "
+                           "label_audit.csv (most suspect label first) and label_audit.png (a contact sheet of the "
+                           "most suspect images). With --labels, audit the labels of that file (e.g. a run's "
+                           "train_labels.txt) against the dataset's own, and report how well the ranking finds the "
+                           "ones that differ.")
+    audit.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    audit.add_argument("--dataset", choices=("synthetic", "rafdb", "folder"),
+                       help="dataset (default: the one the checkpoint was trained on)")
+    audit.add_argument("--data", help="dataset root (default: the checkpoint's)")
+    audit.add_argument("--split", choices=("train", "test"), default="train")
+    audit.add_argument("--labels", help="EAC-format label file to audit instead of the dataset's own labels")
+    audit.add_argument("--out", help="output folder (default: audit-DATASET-SPLIT beside the checkpoint)")
+    audit.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24; 0: none)")
+    audit.add_argument("--batch-size", type=int, default=128)
+    audit.add_argument("--num-workers", type=int, default=2)
+    audit.add_argument("--device", default="auto")
+    audit.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    _common(audit)
+    audit.set_defaults(func=cmd_audit)
 
     export = sub.add_parser("export", allow_abbrev=False, help="export a checkpoint's model")
     export.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
@@ -186,13 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _positive(args.batch_size, "--batch-size")
     device = resolve_device(args.device)
     trained = load_trained_model(args.checkpoint, device)
-    cfg = trained.config
-    if args.dataset and args.dataset != cfg.dataset:
-        if args.dataset != "synthetic" and not args.data:
-            raise ConfigError(f"--data is required with --dataset {args.dataset}")
-        cfg = replace(cfg, dataset=args.dataset, data=args.data)
-    elif args.data:
-        cfg = replace(cfg, data=args.data)
+    cfg = _dataset_of(trained, args.dataset, args.data)
     split = load_split(cfg, args.split)
     source = f"{cfg.dataset} {args.split} split" + (f" of {cfg.data}" if cfg.data else "")
     check_classes(trained, split.class_names, source)
@@ -246,6 +262,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{len(predictions)} images classified -> {args.out}"
           + (f"; CAM overlays in {args.cam}" if args.cam else "")
           + (f"; {len(skipped)} unreadable images skipped" if skipped else ""))
+    return 0
+
+
+def _dataset_of(trained, dataset: str | None, data: str | None):
+    """The checkpoint's config pointed at another dataset or data folder, when asked for."""
+    cfg = trained.config
+    if dataset and dataset != cfg.dataset:
+        if dataset != "synthetic" and not data:
+            raise ConfigError(f"--data is required with --dataset {dataset}")
+        return replace(cfg, dataset=dataset, data=data)
+    return replace(cfg, data=data) if data else cfg
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from smec_fast.audit import AUDIT_FILE, CONTACT_SHEET_FILE, LabelAudit, class_probabilities, save_contact_sheet
+    from smec_fast.data import SplitLoader, labels_from_file, load_split
+    from smec_fast.data.validate import validate_split
+    from smec_fast.inference import check_classes, load_trained_model
+    from smec_fast.io import atomic_write_json
+    from smec_fast.precision import resolve_precision
+    from smec_fast.trainer import resolve_device
+
+    _positive(args.batch_size, "--batch-size")
+    device = resolve_device(args.device)
+    trained = load_trained_model(args.checkpoint, device)
+    cfg = _dataset_of(trained, args.dataset, args.data)
+    split = load_split(cfg, args.split)
+    source = f"{cfg.dataset} {args.split} split" + (f" of {cfg.data}" if cfg.data else "")
+    check_classes(trained, split.class_names, source)
+    split = validate_split(split, skip=False, what=args.split)
+    given, clean = split.labels, None
+    if args.labels:
+        given, report = labels_from_file(split.names, split.labels, args.labels, split.num_classes)
+        clean = split.labels
+        log.info("%s: %d of %d labels differ from the dataset's", args.labels, report.changed, len(split))
+    loader = SplitLoader(split, trained.image_size, args.batch_size, device, train=False,
+                         num_workers=args.num_workers)
+    amp = resolve_precision(args.amp, "off", device).amp
+    probs = class_probabilities(trained.model, loader, len(split), split.num_classes, amp)
+    audit = LabelAudit(split, given, probs, clean=clean)
+    out = Path(args.out) if args.out else trained.path.parent / f"audit-{cfg.dataset}-{args.split}"
+    audit.write_csv(out / AUDIT_FILE)
+    summary = {"checkpoint": str(trained.path), "epoch": trained.epoch, "method": cfg.method, "dataset": cfg.dataset,
+               "data": cfg.data, "split": args.split, "labels": args.labels or "the dataset's", **audit.summary()}
+    atomic_write_json(out / "label_audit.json", summary)
+    if args.sheet > 0:
+        save_contact_sheet(audit, out / CONTACT_SHEET_FILE, count=args.sheet)
+    found = (f"; AUROC {summary['auroc']:.3f} for the {summary['flipped']} labels that differ"
+             if summary.get("auroc") is not None else "")
+    print(f"{len(split)} labels audited, {summary['believed_differs']} where the model believes another class{found}"
+          f" -> {out / AUDIT_FILE}")
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from smec_fast.io import atomic_write_bytes
 
 
-def _figure_bytes(fig) -> bytes:
+def figure_bytes(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -41,7 +41,7 @@ def save_confusion_matrix(cm: list[list[int]], class_names: list[str] | tuple[st
     ax.set_ylabel("true")
     if title:
         ax.set_title(title)
-    atomic_write_bytes(path, _figure_bytes(fig))
+    atomic_write_bytes(path, figure_bytes(fig))
 
 
 def save_cam_grid(panels: list[list[tuple]], column_titles: list[str], row_titles: list[str],
@@ -67,4 +67,4 @@ def save_cam_grid(panels: list[list[tuple]], column_titles: list[str], row_title
             if c == 0:
                 ax.set_ylabel(row_titles[r], fontsize=9)
     fig.tight_layout()
-    atomic_write_bytes(path, _figure_bytes(fig))
+    atomic_write_bytes(path, figure_bytes(fig))

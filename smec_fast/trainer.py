@@ -6,6 +6,7 @@ Files a run writes under `cfg.out`:
     log.csv         one row per epoch: losses, accuracies, images/s, input wait, eval time, peak memory
     checkpoint.pt   everything needed to resume, rewritten atomically after every epoch
     metrics.json    the results contract (written once, when the run completes)
+    label_audit.csv the final model's belief about every training label, most suspect first (smec_fast.audit)
     profile/        with --profile START:STOP: trace.json and ops.txt of those training steps
     tensorboard/    with --tensorboard: the epochs' scalars as TensorBoard event files
 
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 import smec_fast
+from smec_fast.audit import AUDIT_FILE, LabelAudit, class_probabilities
 from smec_fast.config import TrainConfig, config_from_dict
 from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
 from smec_fast.distributed import (
@@ -243,6 +245,18 @@ def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: fl
     return out
 
 
+def audit_labels(model: torch.nn.Module, method, loader: SplitLoader, data: FerData,
+                 precision: Precision) -> LabelAudit:
+    """The final model's belief about every training label (smec_fast.audit), from one pass over the training
+    split in order and without flips; clean labels where noise was applied to known ones."""
+    with loader.in_order():
+        probs = class_probabilities(model, loader, len(data.train), data.train.num_classes, precision.amp)
+    elr = getattr(method, "elr", None)  # ELR and SMEC keep running targets: their own belief
+    return LabelAudit(data.train, data.train.labels.cpu(), probs,
+                      clean=data.train.clean_labels.cpu() if data.noise.source != "none" else None,
+                      elr_targets=elr.targets.float().cpu() if elr is not None else None)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train one run as configured and return its metrics (also written to `cfg.out/metrics.json`).
 
@@ -409,6 +423,10 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
 
     metrics = results(cfg, data, history, lambda_con, device, precision, time.perf_counter() - started)
     metrics.update(loader=kind, compiled=switch_on(cfg.compile, device))
+    audit = audit_labels(model, method, train_loader, data, precision)
+    if main:
+        audit.write_csv(out / AUDIT_FILE)
+        metrics["label_audit"] = audit.summary()
     if context.enabled:
         metrics["environment"]["processes"] = context.world_size
     if main:

@@ -27,10 +27,11 @@ def test_parse_variants():
 
 def test_table_gives_mean_and_sample_std_over_seeds():
     cells = [{"label": "ce", "noise_rate": 0.2, "seed": s, "final_balanced_accuracy": v, "best_accuracy": v + 10,
-              "final_accuracy": v + 5, "per_class_accuracy": {"a": v, "b": None}} for s, v in ((0, 50.0), (1, 54.0))]
+              "final_accuracy": v + 5, "per_class_accuracy": {"a": v, "b": None},
+              "label_audit": {"auroc": auc}} for s, v, auc in ((0, 50.0, 0.8), (1, 54.0, 0.9))]
     table = markdown_table({"class_names": ["a", "b"], "cells": cells})
-    # mean 52, sample std of (50, 54) = 2.83
-    assert "| ce | 20 | 52.00 ± 2.83 | 62.00 ± 2.83 | 57.00 ± 2.83 | 52.00 ± 2.83 | - |" in table
+    # mean 52, sample std of (50, 54) = 2.83; AUROC mean 0.85, std of (0.8, 0.9) = 0.071
+    assert "| ce | 20 | 52.00 ± 2.83 | 62.00 ± 2.83 | 57.00 ± 2.83 | 0.850 ± 0.071 | 52.00 ± 2.83 | - |" in table
     assert mean_std([3.0]) == (3.0, 0.0)
 
 
@@ -47,6 +48,9 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     assert smec_cell["noise"]["changed"] == 48
     table = (out / "table.md").read_text()
     assert "| height | 50 |" in table and "| ce | 0 |" in table
+    rows = {line.split(" | ")[0] + " " + line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["| ce 0"].split(" | ")[5] == "-"  # no injected noise, nothing to find
+    assert 0.0 <= float(rows["| height 50"].split(" | ")[5]) <= 1.0
     with Image.open(out / "balanced_accuracy.png") as png:
         assert png.format == "PNG"
 

@@ -7,6 +7,7 @@ interrupted and resumed. Flips are batch tensor ops on the training device.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,17 @@ class EpochLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @contextlib.contextmanager
+    def in_order(self):
+        """Inside the block the loader yields the split once in its own order, without flips and with the last
+        partial batch, as an evaluation loader does (for scoring the training split); then training batches
+        again."""
+        train, self.train = self.train, False
+        try:
+            yield self
+        finally:
+            self.train = train
 
     def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         return epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
