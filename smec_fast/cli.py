@@ -1,4 +1,5 @@
-"""Command line: `smec-fast train | evaluate | predict | audit | export | sweep | cam | noise | synth-rafdb`.
+"""Command line: `smec-fast train | evaluate | predict | audit | export | backbone | sweep | cam | noise |
+synth-rafdb`.
 
 Every TrainConfig field is an option of `train` (`--batch-size 32` or `--batch_size 32`); a YAML/JSON file
 given with `--config` sets values that the command line overrides. Any error prints one line naming what is
@@ -109,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     _common(audit)
     audit.set_defaults(func=cmd_audit)
+
+    backbone = sub.add_parser("backbone", allow_abbrev=False, help="write a run's network as weights to start "
+                              "other runs from", description="Write a trained run's weights (and its class names) "
+                              "to FILE, for --pretrained FILE, with a card FILE.json saying where they come from.")
+    backbone.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    backbone.add_argument("--out", required=True, help="weight file to write, e.g. fer2013-halfA.pt")
+    backbone.add_argument("--head", choices=("keep", "drop"), default="keep",
+                          help="keep the classifier in the file (default; --pretrained-head decides at load time) "
+                               "or leave it out")
+    _common(backbone)
+    backbone.set_defaults(func=cmd_backbone)
 
     export = sub.add_parser("export", allow_abbrev=False, help="export a checkpoint's model")
     export.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
@@ -313,6 +325,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
              if summary.get("auroc") is not None else "")
     print(f"{len(split)} labels audited, {summary['believed_differs']} where the model believes another class{found}"
           f" -> {out / AUDIT_FILE}")
+    return 0
+
+
+def cmd_backbone(args: argparse.Namespace) -> int:
+    from smec_fast.export import write_backbone
+
+    card = write_backbone(args.checkpoint, args.out, args.head)
+    accuracy = card["final_test_accuracy"]
+    print(f"{card['method']} on {card['dataset']} ({card['image_size']} px, {card['epochs']} epochs"
+          + (f", final test accuracy {accuracy:.2f}" if accuracy is not None else "")
+          + f") -> {args.out} (card {args.out}.json); start a run from it with --pretrained {args.out}")
     return 0
 
 

@@ -76,6 +76,7 @@ class TrainConfig:
 
     # --- model ---
     pretrained: str | None = None  # state dict or checkpoint to start from (e.g. resnet18_msceleb.pth)
+    pretrained_head: str = "auto"  # its classifier: keep | drop | auto (drop when its class names differ)
 
     # --- runtime ---
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -115,6 +116,7 @@ class TrainConfig:
         _choice("channels_last", self.channels_last, SWITCH)
         _choice("loader", self.loader, ("auto", "torch", "dali", "cached"))
         _choice("rafdb_images", self.rafdb_images, ("aligned", "original"))
+        _choice("pretrained_head", self.pretrained_head, ("auto", "keep", "drop"))
         _choice("rafdb_landmarks", self.rafdb_landmarks, ("manual", "auto"))
         if not 0.0 < self.scn_beta < 1.0:
             raise ConfigError(f"--scn-beta must be in (0, 1), got {self.scn_beta}")

@@ -71,3 +71,65 @@ def export_model(trained: TrainedModel, fmt: str, out: str | Path) -> Path:
         "epoch": trained.epoch,
     })
     return out
+
+
+BACKBONE_FORMAT = "smec_fast.backbone/1"
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes in name order: the same for the same weights on
+    any machine, whatever the file's container."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") -> dict:
+    """Write a run's network as a weight file to start other runs from (`--pretrained FILE`), and its card.
+
+    The file holds the model's state dict (with the classifier unless `head` is "drop") and the class names, so
+    that `--pretrained-head auto` keeps the classifier only for a dataset of the same classes. The card,
+    `out` + `.json`, says where the weights come from: the run, its method, dataset, image size, epochs and
+    test (and validation) accuracy. Returns the card.
+    """
+    import datetime
+
+    import smec_fast
+    from smec_fast.io import atomic_torch_save
+    from smec_fast.model import HEAD_KEYS
+    from smec_fast.trainer import read_checkpoint
+
+    if head not in ("keep", "drop"):
+        raise ConfigError(f"--head must be keep or drop, got {head!r}")
+    checkpoint = Path(checkpoint)
+    state = read_checkpoint(checkpoint)
+    try:
+        weights = {k: v for k, v in state["model"].items() if head == "keep" or k not in HEAD_KEYS}
+        config, history, class_names = state["config"], state["history"], list(state["class_names"])
+    except (KeyError, TypeError) as err:
+        raise SmecFastError(f"{checkpoint}: incomplete checkpoint ({err})") from None
+    last = history[-1] if history else {}
+    card = {
+        "format": BACKBONE_FORMAT, "source": str(checkpoint.resolve()), "method": config.get("method"),
+        "dataset": config.get("dataset"), "data": config.get("data"), "image_size": config.get("image_size"),
+        "epochs": state.get("epoch"), "noise_rate": config.get("noise_rate"), "seed": config.get("seed"),
+        "pretrained": config.get("pretrained"), "class_names": class_names,
+        "classifier": "included" if head == "keep" else "left out",
+        "final_test_accuracy": last.get("test", {}).get("accuracy"),
+        "best_test_accuracy": max((h["test"]["accuracy"] for h in history), default=None),
+        "final_val_accuracy": (last.get("val") or {}).get("accuracy"),
+        "parameters": sum(v.numel() for v in weights.values() if v.is_floating_point()),
+        "weights_sha256": weights_digest(weights),
+        "smec_fast": smec_fast.__version__,
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(out)
+    atomic_torch_save({"format": BACKBONE_FORMAT, "state_dict": weights, "class_names": class_names,
+                       "card": card}, out)
+    atomic_write_json(out.with_name(out.name + ".json"), card)
+    return card

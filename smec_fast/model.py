@@ -57,6 +57,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # model keys the file did not provide
     unexpected: list[str] = field(default_factory=list)  # file keys the model does not have
     shape_mismatch: list[str] = field(default_factory=list)  # e.g. an fc for another number of classes
+    dropped: list[str] = field(default_factory=list)  # the classifier, left out on purpose (--pretrained-head)
 
     def summary(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors"]
@@ -66,6 +67,8 @@ class LoadReport:
             parts.append(f"{len(self.unexpected)} unexpected (ignored: {_short(self.unexpected)})")
         if self.shape_mismatch:
             parts.append(f"{len(self.shape_mismatch)} of another shape (kept initialised: {_short(self.shape_mismatch)})")
+        if self.dropped:
+            parts.append(f"classifier left out ({_short(self.dropped)}): trained from scratch")
         return "; ".join(parts)
 
 
@@ -110,20 +113,46 @@ def _canonical_key(key: str) -> str:
     return key
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
+HEAD_KEYS = ("fc.weight", "fc.bias")  # the classifier; everything else is the backbone
+HEAD_CHOICES = ("auto", "keep", "drop")
+
+
+def file_class_names(obj) -> tuple[str, ...] | None:
+    """The class names a weight file records (smec_fast checkpoints and backbone files do), else None."""
+    names = obj.get("class_names") if isinstance(obj, dict) else None
+    return tuple(names) if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names) else None
+
+
+def load_pretrained(model: nn.Module, path: str | Path, head: str = "auto",
+                    class_names: tuple[str, ...] | None = None) -> LoadReport:
     """Load matching tensors of a state dict (or a checkpoint holding one) into `model`.
 
     Keys are matched after removing `module.`/`backbone.`/`model.` prefixes and mapping SCN's
     `features.N` layout. Tensors of another shape (an fc for 12k identities, say) are skipped and reported.
     A file that matches no parameter at all is refused.
+
+    `head` decides the classifier (`fc`): "keep" loads it (refused when the file records other class names
+    than `class_names`), "drop" leaves it freshly initialised, "auto" keeps it unless the file records class
+    names that differ from `class_names`.
     """
-    source = extract_state_dict(read_weight_file(path), path)
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}")
+    obj = read_weight_file(path)
+    source = extract_state_dict(obj, path)
+    theirs = file_class_names(obj)
+    differ = theirs is not None and class_names is not None and tuple(class_names) != theirs
+    if head == "keep" and differ:
+        raise CheckpointError(f"{path}: its classifier is for {', '.join(theirs)}, not this dataset's "
+                              f"{', '.join(class_names)}; use --pretrained-head drop")
+    drop_head = head == "drop" or (head == "auto" and differ)
     own = model.state_dict()
     report = LoadReport()
     update = {}
     for raw_key, tensor in source.items():
         key = _canonical_key(raw_key)
-        if key not in own:
+        if drop_head and key in HEAD_KEYS:
+            report.dropped.append(key)
+        elif key not in own:
             report.unexpected.append(raw_key)
         elif own[key].shape != tensor.shape:
             report.shape_mismatch.append(key)

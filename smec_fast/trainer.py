@@ -310,7 +310,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     torch.manual_seed(cfg.seed)
     model = FerResNet18(num_classes=k)
     if cfg.pretrained:
-        load_pretrained(model, cfg.pretrained)
+        load_pretrained(model, cfg.pretrained, cfg.pretrained_head, data.class_names)
     method = build_method(cfg, data.train.labels, k, data.noise.rate)
     if state is not None:
         model.load_state_dict(state["model"])

@@ -31,7 +31,7 @@ def test_table_gives_mean_and_sample_std_over_seeds():
               "label_audit": {"auroc": auc}} for s, v, auc in ((0, 50.0, 0.8), (1, 54.0, 0.9))]
     table = markdown_table({"class_names": ["a", "b"], "cells": cells})
     # mean 52, sample std of (50, 54) = 2.83; AUROC mean 0.85, std of (0.8, 0.9) = 0.071
-    assert "| ce | 20 | 52.00 ± 2.83 | 62.00 ± 2.83 | 57.00 ± 2.83 | 0.850 ± 0.071 | 52.00 ± 2.83 | - |" in table
+    assert "| ce | 20 | 52.00 ± 2.83 | 62.00 ± 2.83 | 57.00 ± 2.83 | - | 0.850 ± 0.071 | 52.00 ± 2.83 | - |" in table
     assert mean_std([3.0]) == (3.0, 0.0)
 
 
@@ -49,8 +49,8 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     table = (out / "table.md").read_text()
     assert "| height | 50 |" in table and "| ce | 0 |" in table
     rows = {line.split(" | ")[0] + " " + line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| ")}
-    assert rows["| ce 0"].split(" | ")[5] == "-"  # no injected noise, nothing to find
-    assert 0.0 <= float(rows["| height 50"].split(" | ")[5]) <= 1.0
+    assert rows["| ce 0"].split(" | ")[6] == "-"  # no injected noise, nothing to find
+    assert 0.0 <= float(rows["| height 50"].split(" | ")[6]) <= 1.0
     with Image.open(out / "balanced_accuracy.png") as png:
         assert png.format == "PNG"
 

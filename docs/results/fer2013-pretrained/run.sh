@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The pretrained regime on FER2013: a ResNet-18 trained with CE on one half of FER2013's training faces (half A),
+# then ce, elr, eac and smec trained from it on the other half (half B) under symmetric label noise, at 96 x 96
+# (layer4 maps of 3 x 3, SMEC's half-image pieces 3 x 2), choosing each run's epoch on a validation tenth of
+# its noisy training set, scored on FER2013's validation faces (the test split here).
+#
+#   bash docs/results/fer2013-pretrained/run.sh                 # FER2013 from ../shared/data/fer2013
+#
+# Resumable: the same command finishes an interrupted sitting (the sweeps skip finished runs, whose files live
+# here and are committed, and resume the interrupted one). The halves and the backbone go to $WORK (default
+# /tmp/fer2013-pretrained); a later sitting on another machine trains the backbone again, and stops if its
+# weights differ from the ones the finished runs started from (backbone.pt.json, weights_sha256).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../../.." && pwd)"
+FER="${FER:-$repo/../shared/data/fer2013}"
+WORK="${WORK:-/tmp/fer2013-pretrained}"
+SMEC="${SMEC:-smec-fast}"
+SIZE=96
+
+python3 "$here/make_halves.py" "$FER" "$WORK/data"
+
+# 1. The backbone: CE on half A, 12 epochs, lr 1e-3 (from scratch), the epoch chosen on validation.
+if [ ! -f "$WORK/backbone.pt" ]; then
+  $SMEC train --dataset folder --data "$WORK/data/halfA" --method ce --image-size $SIZE --epochs 12 \
+    --batch-size 64 --lr 1e-3 --val-fraction 0.1 --progress false --out "$WORK/backbone-run" --resume
+  $SMEC backbone "$WORK/backbone-run/checkpoint.pt" --out "$WORK/backbone.pt"
+fi
+if [ -f "$here/backbone.pt.json" ]; then
+  recorded=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['weights_sha256'])" "$here/backbone.pt.json")
+  current=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['weights_sha256'])" "$WORK/backbone.pt.json")
+  if [ "$recorded" != "$current" ]; then
+    echo "the backbone in $WORK differs from the one the committed runs started from ($recorded):" >&2
+    echo "finish on the machine type that made it, or start the experiment over" >&2
+    exit 1
+  fi
+else
+  cp "$WORK/backbone.pt.json" "$here/backbone.pt.json"
+  cp "$WORK/backbone-run/log.csv" "$here/backbone-log.csv"
+fi
+
+# 2. Half B, 4,000 faces (3,600 train + 400 validation), 10 epochs, the paper's Adam lr 1e-4 and batch 64,
+#    the classifier initialised afresh (as from MS-Celeb-1M's face-identity weights).
+common=(--dataset folder --data "$WORK/data/halfB" --pretrained "$WORK/backbone.pt" --pretrained-head drop
+        --image-size $SIZE --max-train-samples 4000 --val-fraction 0.1 --epochs 10 --batch-size 64 --lr 1e-4
+        --num-workers 2 --progress false)
+# 40 % noise, seed by seed so that a sitting cut short has every method on the same seeds
+for seeds in 0 0,1 0,1,2; do
+  $SMEC sweep --methods ce,elr,eac,smec --noise-rates 0.4 --seeds $seeds --out "$here/noise40" "${common[@]}"
+done
+# 0 and 60 %, one seed
+$SMEC sweep --methods ce,elr,eac,smec --noise-rates 0,0.6 --seeds 0 --out "$here/noise0-60" "${common[@]}"
