@@ -85,3 +85,13 @@ def test_foreign_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "foreign.pt: not a smec_fast checkpoint" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_card_names_the_weights_by_their_digest(backbone):
+    from smec_fast.export import weights_digest
+
+    card = json.loads((backbone / "faces.pt.json").read_text())
+    weights = torch.load(backbone / "faces.pt", weights_only=True)["state_dict"]
+    assert card["weights_sha256"] == weights_digest(weights)
+    weights["layer1.0.conv1.weight"][0, 0, 0, 0] += 1e-6
+    assert weights_digest(weights) != card["weights_sha256"]
