@@ -39,7 +39,11 @@ else
   cp "$WORK/backbone-run/log.csv" "$here/backbone-log.csv"
 fi
 
-# 2. Half B, 4,000 faces (3,600 train + 400 validation), 10 epochs, the paper's Adam lr 1e-4 and batch 64,
+# 2. The start-up shock: L_con and test accuracy over SMEC's first 120 steps, by image size, CAM weight and
+#    batch-norm handling (shock.py; resumes variant by variant).
+python3 "$here/shock.py" --data "$WORK/data/halfB" --backbone "$WORK/backbone.pt" --out "$here/shock.json"
+
+# 3. Half B, 4,000 faces (3,600 train + 400 validation), 10 epochs, the paper's Adam lr 1e-4 and batch 64,
 #    the classifier initialised afresh (as from MS-Celeb-1M's face-identity weights).
 common=(--dataset folder --data "$WORK/data/halfB" --pretrained "$WORK/backbone.pt" --pretrained-head drop
         --image-size $SIZE --max-train-samples 4000 --val-fraction 0.1 --epochs 10 --batch-size 64 --lr 1e-4
