@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 rc = process.wait(timeout=args.budget)
                 status = "ok" if rc == 0 else "failed"
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # the stage and everything it started
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)  # the stage and everything it started
+                except ProcessLookupError:  # it ended just now
+                    pass
                 rc, status = process.wait(), "timed out"
     seconds = time.monotonic() - start
 
