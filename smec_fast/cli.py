@@ -45,6 +45,20 @@ def _add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...
                             help=f"(default {default})", **extra)
 
 
+def _add_split_options(parser: argparse.ArgumentParser, split: str, out_prefix: str) -> None:
+    """Options of the commands that score a checkpoint on a dataset split (evaluate, audit)."""
+    parser.add_argument("--dataset", choices=("synthetic", "rafdb", "folder"),
+                        help="dataset (default: the one the checkpoint was trained on)")
+    parser.add_argument("--data", help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--split", choices=("test", "train"), default=split, help=f"(default {split})")
+    parser.add_argument("--out", help=f"output folder (default: {out_prefix}-DATASET-SPLIT beside the checkpoint)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                        help="autocast dtype (default auto: bf16 on CUDA and on CPUs with native bf16)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
 
@@ -65,16 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a dataset split")
     evaluate.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
-    evaluate.add_argument("--dataset", choices=("synthetic", "rafdb", "folder"),
-                          help="dataset (default: the one the checkpoint was trained on)")
-    evaluate.add_argument("--data", help="dataset root (default: the checkpoint's)")
-    evaluate.add_argument("--split", choices=("test", "train"), default="test")
-    evaluate.add_argument("--out", help="output folder (default: eval-DATASET-SPLIT beside the checkpoint)")
-    evaluate.add_argument("--batch-size", type=int, default=128)
-    evaluate.add_argument("--num-workers", type=int, default=2)
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                          help="autocast dtype (default auto: bf16 on CUDA and on CPUs with native bf16)")
+    _add_split_options(evaluate, "test", "eval")
     _common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -97,17 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "train_labels.txt) against the dataset's own, and report how well the ranking finds the "
                            "ones that differ.")
     audit.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
-    audit.add_argument("--dataset", choices=("synthetic", "rafdb", "folder"),
-                       help="dataset (default: the one the checkpoint was trained on)")
-    audit.add_argument("--data", help="dataset root (default: the checkpoint's)")
-    audit.add_argument("--split", choices=("train", "test"), default="train")
+    _add_split_options(audit, "train", "audit")
     audit.add_argument("--labels", help="EAC-format label file to audit instead of the dataset's own labels")
-    audit.add_argument("--out", help="output folder (default: audit-DATASET-SPLIT beside the checkpoint)")
     audit.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24; 0: none)")
-    audit.add_argument("--batch-size", type=int, default=128)
-    audit.add_argument("--num-workers", type=int, default=2)
-    audit.add_argument("--device", default="auto")
-    audit.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     _common(audit)
     audit.set_defaults(func=cmd_audit)
 
@@ -209,13 +206,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _checkpoint_on_split(args: argparse.Namespace):
+    """evaluate's and audit's common start: the checkpoint's model, the (possibly other) dataset's split, a
+    description of it, an evaluation loader over it and the autocast dtype; refuses a split of other classes."""
     from smec_fast.data import SplitLoader, load_split
     from smec_fast.inference import check_classes, load_trained_model
-    from smec_fast.io import atomic_write_json
-    from smec_fast.plots import save_confusion_matrix
     from smec_fast.precision import resolve_precision
-    from smec_fast.trainer import evaluate, resolve_device
+    from smec_fast.trainer import resolve_device
 
     _positive(args.batch_size, "--batch-size")
     device = resolve_device(args.device)
@@ -226,7 +223,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_classes(trained, split.class_names, source)
     loader = SplitLoader(split, trained.image_size, args.batch_size, device, train=False,
                          num_workers=args.num_workers)
-    amp = resolve_precision(args.amp, "off", device).amp
+    return trained, cfg, split, source, loader, resolve_precision(args.amp, "off", device).amp
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from smec_fast.io import atomic_write_json
+    from smec_fast.plots import save_confusion_matrix
+    from smec_fast.trainer import evaluate
+
+    trained, cfg, split, source, loader, amp = _checkpoint_on_split(args)
     metrics = evaluate(trained.model, loader, trained.class_names, amp)
     out = Path(args.out) if args.out else trained.path.parent / f"eval-{cfg.dataset}-{args.split}"
     result = {
@@ -289,29 +294,17 @@ def _dataset_of(trained, dataset: str | None, data: str | None):
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from smec_fast.audit import AUDIT_FILE, CONTACT_SHEET_FILE, LabelAudit, class_probabilities, save_contact_sheet
-    from smec_fast.data import SplitLoader, labels_from_file, load_split
+    from smec_fast.data import labels_from_file
     from smec_fast.data.validate import validate_split
-    from smec_fast.inference import check_classes, load_trained_model
     from smec_fast.io import atomic_write_json
-    from smec_fast.precision import resolve_precision
-    from smec_fast.trainer import resolve_device
 
-    _positive(args.batch_size, "--batch-size")
-    device = resolve_device(args.device)
-    trained = load_trained_model(args.checkpoint, device)
-    cfg = _dataset_of(trained, args.dataset, args.data)
-    split = load_split(cfg, args.split)
-    source = f"{cfg.dataset} {args.split} split" + (f" of {cfg.data}" if cfg.data else "")
-    check_classes(trained, split.class_names, source)
-    split = validate_split(split, skip=False, what=args.split)
+    trained, cfg, split, _, loader, amp = _checkpoint_on_split(args)
+    validate_split(split, skip=False, what=args.split)  # one line naming a bad image, before any scoring
     given, clean = split.labels, None
     if args.labels:
         given, report = labels_from_file(split.names, split.labels, args.labels, split.num_classes)
         clean = split.labels
         log.info("%s: %d of %d labels differ from the dataset's", args.labels, report.changed, len(split))
-    loader = SplitLoader(split, trained.image_size, args.batch_size, device, train=False,
-                         num_workers=args.num_workers)
-    amp = resolve_precision(args.amp, "off", device).amp
     probs = class_probabilities(trained.model, loader, len(split), split.num_classes, amp)
     audit = LabelAudit(split, given, probs, clean=clean)
     out = Path(args.out) if args.out else trained.path.parent / f"audit-{cfg.dataset}-{args.split}"
