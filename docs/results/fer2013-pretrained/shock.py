@@ -10,6 +10,7 @@ test split. The variants change one thing at a time:
             classifier kept, so the CAM weight is a trained one from the first step)
     bn      "pieces" (the pieces' forward updates batch-norm statistics, the default) or "originals"
             (--piece-bn-stats false)
+    ramp    lambda_con ramped linearly from 0 over the first epoch (--con-warmup-epochs 1)
     ce      the same with plain CE (--method ce) for reference: what the classifier alone does to accuracy
 
     python docs/results/fer2013-pretrained/shock.py --out docs/results/fer2013-pretrained/shock.json
@@ -34,23 +35,24 @@ from smec_fast.model import FerResNet18, load_pretrained
 from smec_fast.precision import autocast_context, resolve_precision
 from smec_fast.trainer import TrainingObjective, evaluate
 
-VARIANTS = {  # name: (method, image size, head, piece_bn_stats)
-    "smec-96-fresh-pieces": ("smec", 96, "drop", True),
-    "smec-96-trained-pieces": ("smec", 96, "keep", True),
-    "smec-96-fresh-originals": ("smec", 96, "drop", False),
-    "smec-48-fresh-pieces": ("smec", 48, "drop", True),
-    "smec-128-fresh-pieces": ("smec", 128, "drop", True),
-    "ce-96-fresh": ("ce", 96, "drop", True),
+VARIANTS = {  # name: (method, image size, head, piece_bn_stats, lambda_con ramp in epochs)
+    "smec-96-fresh-pieces": ("smec", 96, "drop", True, 0.0),
+    "smec-96-trained-pieces": ("smec", 96, "keep", True, 0.0),
+    "smec-96-fresh-originals": ("smec", 96, "drop", False, 0.0),
+    "smec-96-fresh-pieces-ramp1": ("smec", 96, "drop", True, 1.0),
+    "smec-48-fresh-pieces": ("smec", 48, "drop", True, 0.0),
+    "smec-128-fresh-pieces": ("smec", 128, "drop", True, 0.0),
+    "ce-96-fresh": ("ce", 96, "drop", True, 0.0),
 }
 
 
 def run_variant(name: str, args) -> dict:
-    method_name, size, head, piece_bn = VARIANTS[name]
+    method_name, size, head, piece_bn, ramp = VARIANTS[name]
     cfg = resolve_config(cli_values={
         "dataset": "folder", "data": str(args.data), "method": method_name, "image_size": size,
         "noise_rate": 0.4, "max_train_samples": 4000, "val_fraction": 0.1, "max_test_samples": args.test_images,
-        "batch_size": 64, "lr": 1e-4, "piece_bn_stats": piece_bn, "pretrained": str(args.backbone),
-        "pretrained_head": head, "num_workers": 2, "progress": False})
+        "batch_size": 64, "lr": 1e-4, "piece_bn_stats": piece_bn, "con_warmup_epochs": ramp,
+        "pretrained": str(args.backbone), "pretrained_head": head, "num_workers": 2, "progress": False})
     device = torch.device("cpu")
     precision = resolve_precision(cfg.amp, cfg.channels_last, device, narrowest_input_width(cfg))
     data = build_data(cfg)
@@ -72,6 +74,7 @@ def run_variant(name: str, args) -> dict:
         method.start_epoch(epoch, cfg.seed)
         for images, labels, index in train_loader:
             objective.train()
+            method.set_progress(step / len(train_loader))
             images = images.contiguous(memory_format=precision.memory_format)
             with autocast_context(device, precision.amp):
                 loss, parts = objective(images, labels, index)
@@ -80,7 +83,7 @@ def run_variant(name: str, args) -> dict:
             optimizer.step()
             method.end_step(index)
             for key, value in {"loss": loss, **parts}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
             step += 1
             if step % args.every == 0:
                 accuracy = evaluate(model, test_loader, data.class_names, precision.amp)["accuracy"]
@@ -93,6 +96,7 @@ def run_variant(name: str, args) -> dict:
                 break
         epoch += 1
     return {"variant": name, "method": method_name, "image_size": size, "head": head, "piece_bn_stats": piece_bn,
+            "con_warmup_epochs": ramp,
             "lambda_con": resolve_lambda_con(cfg, data.noise.rate) if method_name == "smec" else None,
             "precision": precision.to_dict(), "steps_per_epoch": len(train_loader), "points": points,
             "seconds": time.perf_counter() - start}
