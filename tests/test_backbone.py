@@ -50,8 +50,27 @@ def test_pretrained_head_choice(backbone, head, names, kept):
     fresh_fc = model.fc.weight.detach().clone()
     report = load_pretrained(model, backbone / "faces.pt", head, names)
     assert torch.equal(model.layer4[1].conv2.weight, source["layer4.1.conv2.weight"])  # the backbone always loads
-    assert torch.equal(model.fc.weight, source["fc.weight"] if kept else fresh_fc)
+    if kept:
+        assert torch.equal(model.fc.weight, source["fc.weight"])
+    else:  # drawn afresh: neither the backbone's classifier nor the one the model was built with
+        assert not torch.equal(model.fc.weight, source["fc.weight"]) and not torch.equal(model.fc.weight, fresh_fc)
+        assert model.fc.weight.abs().max() <= fresh_fc.abs().max() * 1.01  # from the same initialiser's range
     assert (report.dropped == []) == kept
+
+
+def test_dropped_head_is_not_the_one_a_backbone_of_the_same_seed_started_from(backbone):
+    """A run from seed s builds the very classifier the backbone's own seed-s run started from; dropping the
+    head must not hand that back (the backbone's features still favour it)."""
+    seed = resolve_config(cli_values=TINY).seed
+    heads = []
+    for _ in range(2):
+        torch.manual_seed(seed)
+        model = FerResNet18(7)
+        started_from = model.fc.weight.detach().clone()
+        load_pretrained(model, backbone / "faces.pt", "drop", SYNTHETIC)
+        assert not torch.equal(model.fc.weight, started_from)
+        heads.append(model.fc.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])  # still a function of the seed
 
 
 def test_keeping_a_head_of_other_classes_is_refused(backbone):
