@@ -11,7 +11,7 @@ test split. The variants change one thing at a time:
     bn      "pieces" (the pieces' forward updates batch-norm statistics, the default) or "originals"
             (--piece-bn-stats false)
     ramp    lambda_con ramped linearly from 0 over the first epoch (--con-warmup-epochs 1)
-    ce      the same with plain CE (--method ce) for reference: what the classifier alone does to accuracy
+    ce/elr  the same with plain CE or ELR (--method ce, elr): what SMEC's classification loss alone does
 
     python docs/results/fer2013-pretrained/shock.py --out docs/results/fer2013-pretrained/shock.json
 
@@ -43,6 +43,7 @@ VARIANTS = {  # name: (method, image size, head, piece_bn_stats, lambda_con ramp
     "smec-48-fresh-pieces": ("smec", 48, "drop", True, 0.0),
     "smec-128-fresh-pieces": ("smec", 128, "drop", True, 0.0),
     "ce-96-fresh": ("ce", 96, "drop", True, 0.0),
+    "elr-96-fresh": ("elr", 96, "drop", True, 0.0),
 }
 
 
