@@ -20,7 +20,8 @@ SIZE=96
 
 python3 "$here/make_halves.py" "$FER" "$WORK/data"
 
-# 1. The backbone: CE on half A, 12 epochs, lr 1e-3 (from scratch), the epoch chosen on validation.
+# 1. The backbone: CE on half A, 12 epochs, lr 1e-3 (from scratch), a validation tenth held out; the file
+#    holds the final epoch's weights.
 if [ ! -f "$WORK/backbone.pt" ]; then
   $SMEC train --dataset folder --data "$WORK/data/halfA" --method ce --image-size $SIZE --epochs 12 \
     --batch-size 64 --lr 1e-3 --val-fraction 0.1 --progress false --out "$WORK/backbone-run" --resume
