@@ -78,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a dataset split")
-    evaluate.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    evaluate.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
     _add_split_options(evaluate, "test", "eval")
     _common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", allow_abbrev=False, help="classify images, optionally with CAM overlays")
-    predict.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    predict.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
     predict.add_argument("images", help="an image file, or a folder searched recursively for images")
     predict.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     predict.add_argument("--cam", metavar="DIR", help="also write one PNG per image: the predicted class's CAM")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "most suspect images). With --labels, audit the labels of that file (e.g. a run's "
                            "train_labels.txt) against the dataset's own, and report how well the ranking finds the "
                            "ones that differ.")
-    audit.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    audit.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
     _add_split_options(audit, "train", "audit")
     audit.add_argument("--labels", help="EAC-format label file to audit instead of the dataset's own labels")
     audit.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24; 0: none)")
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbone = sub.add_parser("backbone", allow_abbrev=False, help="write a run's network as weights to start "
                               "other runs from", description="Write a trained run's weights (and its class names) "
                               "to FILE, for --pretrained FILE, with a card FILE.json saying where they come from.")
-    backbone.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    backbone.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
     backbone.add_argument("--out", required=True, help="weight file to write, e.g. fer2013-halfA.pt")
     backbone.add_argument("--head", choices=("keep", "drop"), default="keep",
                           help="keep the classifier in the file (default; --pretrained-head decides at load time) "
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbone.set_defaults(func=cmd_backbone)
 
     export = sub.add_parser("export", allow_abbrev=False, help="export a checkpoint's model")
-    export.add_argument("checkpoint", help="checkpoint.pt written by `smec-fast train`")
+    export.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
     export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     export.add_argument("--out", help="file to write (default: the checkpoint's name with .ts or .onnx)")
     _common(export)
@@ -326,8 +326,9 @@ def cmd_backbone(args: argparse.Namespace) -> int:
 
     card = write_backbone(args.checkpoint, args.out, args.head)
     accuracy = card["final_test_accuracy"]
-    print(f"{card['method']} on {card['dataset']} ({card['image_size']} px, {card['epochs']} epochs"
-          + (f", final test accuracy {accuracy:.2f}" if accuracy is not None else "")
+    chosen = "" if card["epoch_chosen_by"] == "last epoch" else f", chosen by {card['epoch_chosen_by']}"
+    print(f"{card['method']} on {card['dataset']} ({card['image_size']} px, {card['epochs']} epochs{chosen}"
+          + (f", test accuracy {accuracy:.2f}" if accuracy is not None else "")
           + f") -> {args.out} (card {args.out}.json); start a run from it with --pretrained {args.out}")
     return 0
 

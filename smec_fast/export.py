@@ -95,7 +95,9 @@ def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") 
     The file holds the model's state dict (with the classifier unless `head` is "drop") and the class names, so
     that `--pretrained-head auto` keeps the classifier only for a dataset of the same classes. The card,
     `out` + `.json`, says where the weights come from: the run, its method, dataset, image size, epochs and
-    test (and validation) accuracy. Returns the card.
+    test (and validation) accuracy. `checkpoint` is a run's checkpoint.pt (its last epoch) or, for a run with
+    a validation split, its selected.pt (the epoch of best validation accuracy; the card's "final" figures
+    are then that epoch's and `epoch_chosen_by` says so). Returns the card.
     """
     import datetime
 
@@ -117,7 +119,8 @@ def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") 
     card = {
         "format": BACKBONE_FORMAT, "source": str(checkpoint.resolve()), "method": config.get("method"),
         "dataset": config.get("dataset"), "data": config.get("data"), "image_size": config.get("image_size"),
-        "epochs": state.get("epoch"), "noise_rate": config.get("noise_rate"), "seed": config.get("seed"),
+        "epochs": state.get("epoch"), "epoch_chosen_by": state.get("chosen_by", "last epoch"),
+        "noise_rate": config.get("noise_rate"), "seed": config.get("seed"),
         "pretrained": config.get("pretrained"), "class_names": class_names,
         "classifier": "included" if head == "keep" else "left out",
         "final_test_accuracy": last.get("test", {}).get("accuracy"),

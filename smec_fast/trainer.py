@@ -5,6 +5,8 @@ Files a run writes under `cfg.out`:
     train_labels.txt the training labels used (EAC format; noisy when noise was applied)
     log.csv         one row per epoch: losses, accuracies, images/s, input wait, eval time, peak memory
     checkpoint.pt   everything needed to resume, rewritten atomically after every epoch
+    selected.pt     with a validation split: the model of the epoch of best validation accuracy (the one
+                    metrics.json's selected_* figures describe), for `predict`, `export` and `backbone`
     metrics.json    the results contract (written once, when the run completes)
     label_audit.csv the final model's belief about every training label, most suspect first (smec_fast.audit)
     profile/        with --profile START:STOP: trace.json and ops.txt of those training steps
@@ -61,6 +63,7 @@ from smec_fast.split_merge import check_grid
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
+SELECTED_FILE = "selected.pt"
 # Options that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = {"out", "resume", "progress", "num_workers", "device", "epochs", "dist_timeout", "kernels",
                      "loader", "compile", "compile_mode", "channels_last", "amp", "profile", "tensorboard"}
@@ -376,6 +379,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
         profiler = StepProfiler(*parse_step_range(cfg.profile), out / "profile", device)
     board = TensorBoardLog(out / "tensorboard", start_epoch) if cfg.tensorboard and main else None
     started = time.perf_counter() - sum(h["time_s"] for h in history)
+    best_val = max((h["val"]["accuracy"] for h in history if h.get("val")), default=-math.inf)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
@@ -404,6 +408,18 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
         if board is not None:
             board.write(entry)
         atomic_write_text(out / "log.csv", _history_csv(history))
+        if "val" in entry and entry["val"]["accuracy"] > best_val:  # the first best, as results() chooses
+            best_val = entry["val"]["accuracy"]
+            # Written before the checkpoint: a run killed between the two redoes this epoch and writes it again.
+            atomic_torch_save({
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch + 1,
+                "config": cfg.to_dict(),
+                "class_names": list(data.class_names),
+                "model": model.state_dict(),
+                "history": history,
+                "chosen_by": "validation accuracy",
+            }, out / SELECTED_FILE)
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch + 1,
@@ -423,6 +439,8 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
 
     metrics = results(cfg, data, history, lambda_con, device, precision, time.perf_counter() - started)
     metrics.update(loader=kind, compiled=switch_on(cfg.compile, device))
+    if main and "selected_epoch" in metrics and _selected_epoch(out / SELECTED_FILE) == metrics["selected_epoch"]:
+        metrics["selected_checkpoint"] = SELECTED_FILE
     audit = audit_labels(model, method, train_loader, data, precision)
     if main:
         audit.write_csv(out / AUDIT_FILE)
@@ -432,6 +450,13 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     if main:
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _selected_epoch(path: Path) -> int | None:
+    """The epoch a selected.pt holds (None without one, e.g. for a run resumed from before it was kept)."""
+    if not path.is_file():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", 0))
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from smec_fast.cli import main
 from smec_fast.config import resolve_config
 from smec_fast.data import loader as loader_module
 from smec_fast.data.noise import read_label_file
@@ -52,6 +53,43 @@ def test_run_writes_the_results_contract(finished_run):
     chosen = max(on_disk["history"], key=lambda h: h["val"]["accuracy"])
     assert on_disk["selected_epoch"] == chosen["epoch"]
     assert on_disk["selected_accuracy"] == chosen["test"]["accuracy"]
+
+
+def test_selected_epoch_is_kept_and_usable(finished_run, tmp_path, capsys):
+    out, metrics = finished_run
+    selected = read_checkpoint(out / "selected.pt")
+    assert metrics["selected_checkpoint"] == "selected.pt"
+    assert selected["epoch"] == metrics["selected_epoch"] and len(selected["history"]) == selected["epoch"]
+    assert selected["chosen_by"] == "validation accuracy"
+    final = read_checkpoint(out / "checkpoint.pt")
+    same = all(torch.equal(t, final["model"][k]) for k, t in selected["model"].items())
+    assert same == (metrics["selected_epoch"] == metrics["epochs"])
+    # `evaluate` on the kept model reproduces the selected epoch's test figures exactly
+    assert main(["evaluate", str(out / "selected.pt"), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["accuracy"] == metrics["selected_accuracy"]
+    assert result["balanced_accuracy"] == metrics["selected_balanced_accuracy"]
+    assert main(["backbone", str(out / "selected.pt"), "--out", str(tmp_path / "b.pt")]) == 0
+    assert "chosen by validation accuracy" in capsys.readouterr().out
+    card = json.loads((tmp_path / "b.pt.json").read_text())
+    assert card["epochs"] == metrics["selected_epoch"] and card["epoch_chosen_by"] == "validation accuracy"
+    assert card["final_test_accuracy"] == metrics["selected_accuracy"]
+
+
+def test_resumed_run_keeps_the_same_selected_epoch(finished_run, tmp_path):
+    out, metrics = finished_run
+    train(tiny_config(tmp_path / "cut", noise_rate=0.25, val_fraction=0.25, epochs=2))
+    resumed = train(tiny_config(tmp_path / "cut", noise_rate=0.25, val_fraction=0.25, resume=True))
+    assert resumed["selected_epoch"] == metrics["selected_epoch"]
+    a, b = read_checkpoint(out / "selected.pt"), read_checkpoint(tmp_path / "cut" / "selected.pt")
+    assert a["epoch"] == b["epoch"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_run_without_validation_keeps_no_selected_epoch(tmp_path):
+    metrics = train(tiny_config(tmp_path / "r", method="ce", epochs=1))
+    assert not (tmp_path / "r" / "selected.pt").exists() and "selected_checkpoint" not in metrics
 
 
 def test_existing_run_is_not_overwritten(finished_run):
