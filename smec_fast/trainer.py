@@ -408,30 +408,15 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
         if board is not None:
             board.write(entry)
         atomic_write_text(out / "log.csv", _history_csv(history))
+        # What `evaluate`, `predict`, `export` and `backbone` read; the checkpoint adds what resuming needs.
+        model_state = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": cfg.to_dict(),
+                       "class_names": list(data.class_names), "model": model.state_dict(), "history": history}
         if "val" in entry and entry["val"]["accuracy"] > best_val:  # the first best, as results() chooses
             best_val = entry["val"]["accuracy"]
             # Written before the checkpoint: a run killed between the two redoes this epoch and writes it again.
-            atomic_torch_save({
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch + 1,
-                "config": cfg.to_dict(),
-                "class_names": list(data.class_names),
-                "model": model.state_dict(),
-                "history": history,
-                "chosen_by": "validation accuracy",
-            }, out / SELECTED_FILE)
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch + 1,
-            "config": cfg.to_dict(),
-            "class_names": list(data.class_names),
-            "model": model.state_dict(),
-            "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "history": history,
-        }, checkpoint_path)
+            atomic_torch_save({**model_state, "chosen_by": "validation accuracy"}, out / SELECTED_FILE)
+        atomic_torch_save({**model_state, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, checkpoint_path)
     if profiler is not None:
         profiler.close()  # the run ended before the profile's last step
     if board is not None:
