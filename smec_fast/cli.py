@@ -56,7 +56,8 @@ def _add_split_options(parser: argparse.ArgumentParser, split: str, out_prefix: 
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                        help="autocast dtype (default auto: bf16 on CUDA and on CPUs with native bf16)")
+                        help="autocast dtype (default auto: as the run evaluated itself, i.e. bf16 on CUDA and on "
+                             "CPUs with native bf16 unless the run was trained with --amp off)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -211,6 +212,7 @@ def _checkpoint_on_split(args: argparse.Namespace):
     description of it, an evaluation loader over it and the autocast dtype; refuses a split of other classes."""
     from smec_fast.data import SplitLoader, load_split
     from smec_fast.inference import check_classes, load_trained_model
+    from smec_fast.methods import narrowest_input_width
     from smec_fast.precision import resolve_precision
     from smec_fast.trainer import resolve_device
 
@@ -223,7 +225,16 @@ def _checkpoint_on_split(args: argparse.Namespace):
     check_classes(trained, split.class_names, source)
     loader = SplitLoader(split, trained.image_size, args.batch_size, device, train=False,
                          num_workers=args.num_workers)
-    return trained, cfg, split, source, loader, resolve_precision(args.amp, "off", device).amp
+    # The precision and layout the run chose for itself (unless --amp says otherwise), so that the figures
+    # match the run's own evaluation exactly on the same machine.
+    import torch
+
+    run = trained.config
+    amp = run.amp if args.amp == "auto" and run.amp in ("auto", "off") else args.amp
+    precision = resolve_precision(amp, run.channels_last, device, narrowest_input_width(run))
+    if precision.channels_last:
+        trained.model.to(memory_format=torch.channels_last)
+    return trained, cfg, split, source, loader, precision.amp
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

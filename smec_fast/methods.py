@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smec_fast import seeding
 from smec_fast.augment import random_erasing
 from smec_fast.config import TrainConfig, default_lambda_con
 from smec_fast.distributed import shard_of_batch, sync_rows_
@@ -43,7 +44,7 @@ class TrainingMethod(nn.Module):
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_033 + epoch) * 7 + stream)
+    return seeding.stream("method", seed, epoch, stream)
 
 
 class CrossEntropyMethod(TrainingMethod):

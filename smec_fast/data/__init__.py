@@ -9,6 +9,7 @@ import torch
 
 from smec_fast.config import TrainConfig
 from smec_fast.errors import ConfigError
+from smec_fast.seeding import stream
 
 from .cache import CachedLoader
 from .dali import DaliLoader, dali_available
@@ -57,6 +58,14 @@ def load_split(cfg: TrainConfig, split: str) -> ImageSplit:
     raise ConfigError(f"unknown dataset {cfg.dataset!r}")
 
 
+def validation_split_index(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions (ascending) of the max(1, round(fraction * n)) images held out for validation, and of
+    the rest; the same for every seed and method, like a dataset's own split."""
+    order = torch.randperm(n, generator=stream("validation-split", SUBSET_SEED))
+    n_val = max(1, round(fraction * n))
+    return order[:n_val].sort().values, order[n_val:].sort().values
+
+
 def build_data(cfg: TrainConfig) -> FerData:
     """Load the splits, cap their size, check their images, apply label noise, hold out a validation part."""
     train = load_split(cfg, "train")
@@ -84,11 +93,8 @@ def build_data(cfg: TrainConfig) -> FerData:
 
     val = None
     if cfg.val_fraction > 0:
-        generator = torch.Generator().manual_seed(SUBSET_SEED + 2)
-        order = torch.randperm(len(train), generator=generator)
-        n_val = max(1, round(cfg.val_fraction * len(train)))
-        val = train.subset(order[:n_val].sort().values)
-        train = train.subset(order[n_val:].sort().values)
+        held_out, kept = validation_split_index(len(train), cfg.val_fraction)
+        val, train = train.subset(held_out), train.subset(kept)
     if len(train) < 2:
         raise ConfigError(f"the training split has {len(train)} image(s); at least 2 are needed")
     return FerData(train=train, test=test, val=val, noise=noise)
@@ -119,5 +125,6 @@ __all__ = [
     "symmetric_noise",
     "synthetic_split",
     "validate_split",
+    "validation_split_index",
     "write_label_file",
 ]

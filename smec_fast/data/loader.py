@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from smec_fast.errors import DataError, first_line
+from smec_fast.seeding import stream
 
 from .split import ImageSplit
 
@@ -114,7 +115,7 @@ def random_hflip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_033 + epoch)
+    return stream("epoch-order", seed, epoch)
 
 
 def epoch_batches(n: int, batch_size: int, train: bool, seed: int = 0, epoch: int = 0, shard_id: int = 0,

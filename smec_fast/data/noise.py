@@ -22,6 +22,7 @@ import torch
 
 from smec_fast.errors import DataError
 from smec_fast.io import atomic_write_text
+from smec_fast.seeding import stream
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def symmetric_noise(labels: torch.Tensor, rate: float, num_classes: int, seed: i
     if num_classes < 2:
         raise ValueError("symmetric noise needs at least 2 classes")
     n = labels.numel()
-    generator = torch.Generator().manual_seed(seed)
+    generator = stream("symmetric-noise", seed)
     chosen = torch.randperm(n, generator=generator)[: round(rate * n)]
     # An offset in 1..K-1 moves each chosen label to one of the other classes, uniformly.
     offset = torch.randint(1, num_classes, (chosen.numel(),), generator=generator)

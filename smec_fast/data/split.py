@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from smec_fast.seeding import stream
+
 
 @dataclass
 class ImageSplit:
@@ -77,5 +79,5 @@ def random_subset_index(n: int, k: int, seed: int) -> torch.Tensor:
     """A seeded choice of min(k, n) of n indices, in ascending order."""
     if k >= n:
         return torch.arange(n)
-    generator = torch.Generator().manual_seed(seed)
+    generator = stream("subset", seed)
     return torch.randperm(n, generator=generator)[:k].sort().values
