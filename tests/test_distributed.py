@@ -30,9 +30,11 @@ RUN = ["--image-size", "32", "--synthetic-train-size", "128", "--synthetic-test-
 #   epoch 2 mean loss parts, relative            1.6e-3    (3.4e-2)
 #   ||w_two - w_one|| / ||w_one - w_init||       8.3e-3    (1.04)   over all parameters
 #   ELR targets, mean |t_two - t_one|            1.2e-4    (1.9e-2)
-# (one process with 1 thread against 2 threads: 2.2e-7, 1.6e-3, 8.2e-3, 1.2e-4). The tolerances sit about
-# 6x above the rounding and 3-20x below the half-batch error.
-FIRST_EPOCH_LOSS_TOL = 1e-5  # relative, every loss part of the first epoch (one forward from equal weights)
+# (one process with 1 thread against 2 threads: 2.2e-7, 1.6e-3, 8.2e-3, 1.2e-4). With the batch order of
+# the named random streams (smec_fast.seeding) the first epoch's loss differs by 3.5e-5: a sign that the
+# rounding flips in Adam's first step carries into the epoch's three later steps. The tolerances sit 6-30x
+# above the rounding and 3-25x below the half-batch error.
+FIRST_EPOCH_LOSS_TOL = 1e-3  # relative, every loss part of the first epoch (4 steps from equal weights)
 LOSS_TOL = 1e-2  # relative, every loss part of the later epochs
 UPDATE_TOL = 5e-2  # ||w_a - w_b|| / ||w_a - w_init||, all parameters
 TARGET_TOL = 1e-3  # mean absolute difference of the ELR targets

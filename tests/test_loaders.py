@@ -40,6 +40,7 @@ from smec_fast.data.loader import IMAGENET_MEAN, IMAGENET_STD, epoch_batches
 from smec_fast.data.loaders import LOADER_KINDS, default_loader, make_loader
 from smec_fast.data.validate import jpeg_problem, validate_split
 from smec_fast.errors import ConfigError, DataError
+from smec_fast.seeding import stream
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 KINDS = [pytest.param(k, marks=needs_dali) if k == "dali" else k for k in LOADER_KINDS]
@@ -105,7 +106,7 @@ def all_batches(loader):
 
 def test_epoch_batches_with_one_shard_is_the_plain_seeded_epoch():
     n, b = 23, 5
-    generator = torch.Generator().manual_seed(7 * 1_000_033 + 2)
+    generator = stream("epoch-order", 7, 2)
     order = torch.randperm(n, generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
     batches = epoch_batches(n, b, train=True, seed=7, epoch=2)

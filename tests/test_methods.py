@@ -16,6 +16,7 @@ from smec_fast.methods import (
     build_method,
 )
 from smec_fast.model import FerResNet18
+from smec_fast.seeding import stream
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_eac_is_ce_on_erased_images_plus_flip_consistency(batch):
     method.start_epoch(3, seed=1)
     loss, parts = method(model, *batch)
     torch.testing.assert_close(loss, parts["ce"] + 5.0 * parts["flip"])
-    erased = random_erasing(batch[0], torch.Generator().manual_seed((1 * 1_000_033 + 3) * 7 + 1))
+    erased = random_erasing(batch[0], stream("method", 1, 3, 1))
     logits, _ = model(erased)
     torch.testing.assert_close(parts["ce"], torch.nn.functional.cross_entropy(logits, batch[1]))
 
@@ -146,7 +147,7 @@ def test_rul_mixes_by_relative_confidence():
     method.start_epoch(0, seed=4)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
     loss, parts = method(model, torch.zeros(b, 3, 4, 4), labels, torch.arange(b))
-    pair = torch.randperm(b, generator=torch.Generator().manual_seed((4 * 1_000_033 + 0) * 7 + 2))
+    pair = torch.randperm(b, generator=stream("method", 4, 0, 2))
     f = feat.flatten(1)
     c = method.uncertainty(f).squeeze(1) + 1e-6
     w = c / (c + c[pair])
