@@ -40,11 +40,7 @@ else
   cp "$WORK/backbone-run/log.csv" "$here/backbone-log.csv"
 fi
 
-# 2. The start-up shock: L_con and test accuracy over SMEC's first 120 steps, by image size, CAM weight and
-#    batch-norm handling (shock.py; resumes variant by variant).
-python3 "$here/shock.py" --data "$WORK/data/halfB" --backbone "$WORK/backbone.pt" --out "$here/shock.json"
-
-# 3. Half B, 4,000 faces (3,600 train + 400 validation), 10 epochs, the paper's Adam lr 1e-4 and batch 64,
+# 2. Half B, 4,000 faces (3,600 train + 400 validation), 10 epochs, the paper's Adam lr 1e-4 and batch 64,
 #    the classifier initialised afresh (as from MS-Celeb-1M's face-identity weights).
 common=(--dataset folder --data "$WORK/data/halfB" --pretrained "$WORK/backbone.pt" --pretrained-head drop
         --image-size $SIZE --max-train-samples 4000 --val-fraction 0.1 --epochs 10 --batch-size 64 --lr 1e-4
@@ -55,3 +51,14 @@ for seeds in 0 0,1 0,1,2; do
 done
 # 0 and 60 %, one seed
 $SMEC sweep --methods ce,elr,eac,smec --noise-rates 0,0.6 --seeds 0 --out "$here/noise0-60" "${common[@]}"
+
+# 3. The start-up shock: L_con and test accuracy over SMEC's first 120 steps, by image size, CAM weight and
+#    batch-norm handling (shock.py; resumes variant by variant).
+python3 "$here/shock.py" --data "$WORK/data/halfB" --backbone "$WORK/backbone.pt" --out "$here/shock.json"
+
+# 4. The shock's partial remedy over whole runs: lambda_con ramped from 0 over the first epoch
+#    (--con-warmup-epochs 1), 40 % noise, seeds 0 and 1, against the same seeds' smec and elr in noise40/.
+for seeds in 0 0,1; do
+  $SMEC sweep --methods smec:con_warmup_epochs=1:label=smec-ramp1 --noise-rates 0.4 --seeds $seeds \
+    --out "$here/ramp" "${common[@]}"
+done
