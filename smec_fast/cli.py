@@ -60,6 +60,9 @@ def _add_split_options(parser: argparse.ArgumentParser, split: str, out_prefix: 
                              "CPUs with native bf16 unless the run was trained with --amp off)")
 
 
+CHECKPOINT_HELP = "checkpoint.pt (last epoch) or selected.pt (best validation epoch) of a `smec-fast train` run"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
 
@@ -79,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a dataset split")
-    evaluate.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
+    evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     _add_split_options(evaluate, "test", "eval")
     _common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", allow_abbrev=False, help="classify images, optionally with CAM overlays")
-    predict.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
+    predict.add_argument("checkpoint", help=CHECKPOINT_HELP)
     predict.add_argument("images", help="an image file, or a folder searched recursively for images")
     predict.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     predict.add_argument("--cam", metavar="DIR", help="also write one PNG per image: the predicted class's CAM")
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "most suspect images). With --labels, audit the labels of that file (e.g. a run's "
                            "train_labels.txt) against the dataset's own, and report how well the ranking finds the "
                            "ones that differ.")
-    audit.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
+    audit.add_argument("checkpoint", help=CHECKPOINT_HELP)
     _add_split_options(audit, "train", "audit")
     audit.add_argument("--labels", help="EAC-format label file to audit instead of the dataset's own labels")
     audit.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24; 0: none)")
@@ -112,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbone = sub.add_parser("backbone", allow_abbrev=False, help="write a run's network as weights to start "
                               "other runs from", description="Write a trained run's weights (and its class names) "
                               "to FILE, for --pretrained FILE, with a card FILE.json saying where they come from.")
-    backbone.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
+    backbone.add_argument("checkpoint", help=CHECKPOINT_HELP)
     backbone.add_argument("--out", required=True, help="weight file to write, e.g. fer2013-halfA.pt")
     backbone.add_argument("--head", choices=("keep", "drop"), default="keep",
                           help="keep the classifier in the file (default; --pretrained-head decides at load time) "
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbone.set_defaults(func=cmd_backbone)
 
     export = sub.add_parser("export", allow_abbrev=False, help="export a checkpoint's model")
-    export.add_argument("checkpoint", help="checkpoint.pt (last epoch) or selected.pt (best validation epoch) written by `smec-fast train`")
+    export.add_argument("checkpoint", help=CHECKPOINT_HELP)
     export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     export.add_argument("--out", help="file to write (default: the checkpoint's name with .ts or .onnx)")
     _common(export)
@@ -210,6 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _checkpoint_on_split(args: argparse.Namespace):
     """evaluate's and audit's common start: the checkpoint's model, the (possibly other) dataset's split, a
     description of it, an evaluation loader over it and the autocast dtype; refuses a split of other classes."""
+    import torch
+
     from smec_fast.data import SplitLoader, load_split
     from smec_fast.inference import check_classes, load_trained_model
     from smec_fast.methods import narrowest_input_width
@@ -227,8 +232,6 @@ def _checkpoint_on_split(args: argparse.Namespace):
                          num_workers=args.num_workers)
     # The precision and layout the run chose for itself (unless --amp says otherwise), so that the figures
     # match the run's own evaluation exactly on the same machine.
-    import torch
-
     run = trained.config
     amp = run.amp if args.amp == "auto" and run.amp in ("auto", "off") else args.amp
     precision = resolve_precision(amp, run.channels_last, device, narrowest_input_width(run))
