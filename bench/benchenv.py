@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import torch
+
+from smec_fast.provenance import git_revision
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def git_sha() -> str:
     """HEAD's commit, with "+dirty" when tracked files other than the results have uncommitted changes."""
-    try:
-        def git(*args):
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
-        return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return git_revision(REPO, (".", ":!bench/results")) or "unknown"
 
 
 def cpu_model() -> str:

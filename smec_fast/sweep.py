@@ -20,6 +20,7 @@ from pathlib import Path
 from smec_fast.config import METHODS, coerce, resolve_config
 from smec_fast.errors import ConfigError
 from smec_fast.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from smec_fast.provenance import source_revision
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,11 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
             metrics = train(cfg)
         cells.append({"label": variant.label, "method": variant.method, "overrides": variant.overrides,
                       "noise_rate": rate, "seed": seed, "out": cfg.out,
-                      **{k: metrics[k] for k in CELL_KEYS if k in metrics}})
+                      **{k: metrics[k] for k in CELL_KEYS if k in metrics},
+                      "git": metrics.get("environment", {}).get("git")})
         class_names = metrics["class_names"]
-    result = {"command": command, "base": base, "class_names": class_names, "cells": cells}
+    result = {"command": command, "git": source_revision(), "base": base, "class_names": class_names,
+              "cells": cells}
     atomic_write_json(out / "sweep.json", result)
     atomic_write_text(out / "table.md", markdown_table(result))
     save_noise_plot(result, out / "balanced_accuracy.png")

@@ -58,6 +58,7 @@ from smec_fast.monitor import (
     throughput_summary,
 )
 from smec_fast.precision import Precision, autocast_context, resolve_precision
+from smec_fast.provenance import source_revision
 from smec_fast.split_merge import check_grid
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: fl
         "precision": precision.to_dict(),
         "throughput": throughput_summary(history),
         "environment": {"smec_fast": smec_fast.__version__, "torch": torch.__version__,
-                        "python": platform.python_version(), "device": str(device)},
+                        "python": platform.python_version(), "device": str(device), "git": source_revision()},
         "train_time_s": seconds,
     }
     if data.val is not None:

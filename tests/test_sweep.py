@@ -5,6 +5,7 @@ from PIL import Image
 
 from smec_fast.cli import main
 from smec_fast.errors import ConfigError
+from smec_fast.provenance import source_revision
 from smec_fast.sweep import markdown_table, mean_std, parse_variants
 
 TINY = ["--image-size", "32", "--synthetic-train-size", "96", "--synthetic-test-size", "32", "--batch-size", "32",
@@ -46,6 +47,9 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     smec_cell = json.loads((out / "height" / "noise50" / "seed0" / "metrics.json").read_text())
     assert smec_cell["config"]["grid"] == [2, 1] and smec_cell["lambda_con"] == 5.0
     assert smec_cell["noise"]["changed"] == 48
+    # every run and the sweep record the source they came from (None outside a git checkout)
+    assert smec_cell["environment"]["git"] == source_revision() == result["git"]
+    assert {c["git"] for c in result["cells"]} == {source_revision()}
     table = (out / "table.md").read_text()
     assert "| height | 50 |" in table and "| ce | 0 |" in table
     rows = {line.split(" | ")[0] + " " + line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| ")}
