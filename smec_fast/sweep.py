@@ -3,7 +3,8 @@
 A sweep runs its cells one after another on one device, each in its own folder
 `OUT/<label>/noise<rate>/seed<seed>/`. A cell whose `metrics.json` exists is skipped and an interrupted
 cell resumes from its checkpoint, so re-running the same command finishes an interrupted sweep. Results
-are collected into `OUT/sweep.json`, `OUT/table.md` and `OUT/balanced_accuracy.png`.
+are collected into `OUT/sweep.json`, `OUT/table.md`, `OUT/balanced_accuracy.png` (against noise rate) and
+`OUT/curves.png` (test accuracy epoch by epoch).
 
 Methods are given as variants: a method name, optionally followed by `:key=value` config overrides and
 a `:label=NAME` for the tables, e.g. `smec:grid=2x2:label=split4` or `smec:cls_loss=ce:label=smec-ce`.
@@ -122,6 +123,7 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
         cells.append({"label": variant.label, "method": variant.method, "overrides": variant.overrides,
                       "noise_rate": rate, "seed": seed, "out": cfg.out,
                       **{k: metrics[k] for k in CELL_KEYS if k in metrics},
+                      "test_accuracy_by_epoch": [h["test"]["accuracy"] for h in metrics["history"]],
                       "git": metrics.get("environment", {}).get("git")})
         class_names = metrics["class_names"]
     result = {"command": command, "git": source_revision(), "base": base, "class_names": class_names,
@@ -129,6 +131,7 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
     atomic_write_json(out / "sweep.json", result)
     atomic_write_text(out / "table.md", markdown_table(result))
     save_noise_plot(result, out / "balanced_accuracy.png")
+    save_curve_plot(result, out / "curves.png")
     return result
 
 
@@ -188,6 +191,16 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_figure(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_noise_plot(result: dict, path: str | Path) -> None:
     """Final balanced accuracy (and best accuracy) against noise rate, one line per method, std as error bars."""
     import matplotlib
@@ -210,9 +223,46 @@ def save_noise_plot(result: dict, path: str | Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    _save_figure(fig, path)
+
+
+def save_curve_plot(result: dict, path: str | Path) -> None:
+    """Test accuracy after every epoch, one panel per noise rate and one line per method (mean over seeds,
+    shaded +- std); a cross marks each seed's validation-selected epoch (with --val-fraction).
+
+    Where memorisation sets in shows here and not in a final-epoch table: CE peaks early and falls, a
+    noise-robust method keeps rising or holds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = groups(result)
+    labels = list(dict.fromkeys(c["label"] for c in result["cells"]))
+    rates = sorted({c["noise_rate"] for c in result["cells"]})
+    fig, axes = plt.subplots(1, len(rates), figsize=(5.2 * len(rates), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, rate in zip(axes[0], rates):
+        for i, label in enumerate(labels):
+            cells = [c for c in grouped.get((label, rate), []) if c.get("test_accuracy_by_epoch")]
+            if not cells:
+                continue
+            color = colors[i % len(colors)]
+            epochs = min(len(c["test_accuracy_by_epoch"]) for c in cells)
+            stats = [mean_std([c["test_accuracy_by_epoch"][e] for c in cells]) for e in range(epochs)]
+            x = range(1, epochs + 1)
+            mean = [m for m, _ in stats]
+            ax.plot(x, mean, marker="o", markersize=3, color=color, label=f"{label} ({len(cells)} seeds)")
+            ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], color=color, alpha=0.2)
+            for c in cells:
+                chosen = c.get("selected_epoch")
+                if chosen is not None and chosen <= len(c["test_accuracy_by_epoch"]):
+                    ax.plot(chosen, c["test_accuracy_by_epoch"][chosen - 1], "x", color=color, markersize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"label noise {100 * rate:g} %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    _save_figure(fig, path)
 

@@ -55,8 +55,11 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     rows = {line.split(" | ")[0] + " " + line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| ")}
     assert rows["| ce 0"].split(" | ")[6] == "-"  # no injected noise, nothing to find
     assert 0.0 <= float(rows["| height 50"].split(" | ")[6]) <= 1.0
-    with Image.open(out / "balanced_accuracy.png") as png:
-        assert png.format == "PNG"
+    smec_history = [h["test"]["accuracy"] for h in smec_cell["history"]]
+    assert result["cells"][3]["test_accuracy_by_epoch"] == smec_history and len(smec_history) == 1
+    for name in ("balanced_accuracy.png", "curves.png"):
+        with Image.open(out / name) as png:
+            assert png.format == "PNG"
 
     # A second run trains nothing; removing one cell's metrics retrains only that cell.
     from smec_fast import trainer
