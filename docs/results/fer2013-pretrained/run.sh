@@ -52,13 +52,13 @@ done
 # 0 and 60 %, one seed
 $SMEC sweep --methods ce,elr,eac,smec --noise-rates 0,0.6 --seeds 0 --out "$here/noise0-60" "${common[@]}"
 
-# 3. The start-up shock: L_con and test accuracy over SMEC's first 120 steps, by image size, CAM weight and
-#    batch-norm handling (shock.py; resumes variant by variant).
-python3 "$here/shock.py" --data "$WORK/data/halfB" --backbone "$WORK/backbone.pt" --out "$here/shock.json"
-
-# 4. The shock's partial remedy over whole runs: lambda_con ramped from 0 over the first epoch
+# 3. The shock's partial remedy over whole runs: lambda_con ramped from 0 over the first epoch
 #    (--con-warmup-epochs 1), 40 % noise, seeds 0 and 1, against the same seeds' smec and elr in noise40/.
 for seeds in 0 0,1; do
   $SMEC sweep --methods smec:con_warmup_epochs=1:label=smec-ramp1 --noise-rates 0.4 --seeds $seeds \
     --out "$here/ramp" "${common[@]}"
 done
+
+# 4. The start-up shock: L_con and test accuracy over SMEC's first 120 steps, by image size, CAM weight and
+#    batch-norm handling (shock.py; resumes variant by variant).
+python3 "$here/shock.py" --data "$WORK/data/halfB" --backbone "$WORK/backbone.pt" --out "$here/shock.json"
