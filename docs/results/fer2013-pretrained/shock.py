@@ -11,6 +11,8 @@ test split. The variants change one thing at a time:
     bn      "pieces" (the pieces' forward updates batch-norm statistics, the default) or "originals"
             (--piece-bn-stats false)
     ramp    lambda_con ramped linearly from 0 over the first epoch (--con-warmup-epochs 1)
+    head    a classifier-only first epoch: the backbone frozen in eval mode for epoch 1 (L_con then has nothing
+            to train), everything trained from epoch 2 on, when the classifier is a trained one
     ce/elr  the same with plain CE or ELR (--method ce, elr): what SMEC's classification loss alone does
 
     python docs/results/fer2013-pretrained/shock.py --out docs/results/fer2013-pretrained/shock.json
@@ -35,20 +37,21 @@ from smec_fast.model import FerResNet18, load_pretrained
 from smec_fast.precision import autocast_context, resolve_precision
 from smec_fast.trainer import TrainingObjective, evaluate
 
-VARIANTS = {  # name: (method, image size, head, piece_bn_stats, lambda_con ramp in epochs)
-    "smec-96-fresh-pieces": ("smec", 96, "drop", True, 0.0),
-    "smec-96-trained-pieces": ("smec", 96, "keep", True, 0.0),
-    "smec-96-fresh-originals": ("smec", 96, "drop", False, 0.0),
-    "smec-96-fresh-pieces-ramp1": ("smec", 96, "drop", True, 1.0),
-    "smec-48-fresh-pieces": ("smec", 48, "drop", True, 0.0),
-    "smec-128-fresh-pieces": ("smec", 128, "drop", True, 0.0),
-    "ce-96-fresh": ("ce", 96, "drop", True, 0.0),
-    "elr-96-fresh": ("elr", 96, "drop", True, 0.0),
+VARIANTS = {  # name: (method, image size, head, piece_bn_stats, lambda_con ramp in epochs, classifier-only epochs)
+    "smec-96-fresh-pieces": ("smec", 96, "drop", True, 0.0, 0),
+    "smec-96-trained-pieces": ("smec", 96, "keep", True, 0.0, 0),
+    "smec-96-fresh-originals": ("smec", 96, "drop", False, 0.0, 0),
+    "smec-96-fresh-pieces-ramp1": ("smec", 96, "drop", True, 1.0, 0),
+    "smec-96-fresh-pieces-head1": ("smec", 96, "drop", True, 0.0, 1),
+    "smec-48-fresh-pieces": ("smec", 48, "drop", True, 0.0, 0),
+    "smec-128-fresh-pieces": ("smec", 128, "drop", True, 0.0, 0),
+    "ce-96-fresh": ("ce", 96, "drop", True, 0.0, 0),
+    "elr-96-fresh": ("elr", 96, "drop", True, 0.0, 0),
 }
 
 
 def run_variant(name: str, args) -> dict:
-    method_name, size, head, piece_bn, ramp = VARIANTS[name]
+    method_name, size, head, piece_bn, ramp, head_epochs = VARIANTS[name]
     cfg = resolve_config(cli_values={
         "dataset": "folder", "data": str(args.data), "method": method_name, "image_size": size,
         "noise_rate": 0.4, "max_train_samples": 4000, "val_fraction": 0.1, "max_test_samples": args.test_images,
@@ -73,8 +76,13 @@ def run_variant(name: str, args) -> dict:
     while step < args.steps:
         train_loader.set_epoch(epoch)
         method.start_epoch(epoch, cfg.seed)
+        head_only = epoch < head_epochs
+        for p_name, parameter in model.named_parameters():
+            parameter.requires_grad_(not head_only or p_name.startswith("fc."))
         for images, labels, index in train_loader:
             objective.train()
+            if head_only:
+                model.eval()  # the frozen backbone keeps its batch-norm statistics; the classifier is linear
             method.set_progress(step / len(train_loader))
             images = images.contiguous(memory_format=precision.memory_format)
             with autocast_context(device, precision.amp):
@@ -97,7 +105,7 @@ def run_variant(name: str, args) -> dict:
                 break
         epoch += 1
     return {"variant": name, "method": method_name, "image_size": size, "head": head, "piece_bn_stats": piece_bn,
-            "con_warmup_epochs": ramp,
+            "con_warmup_epochs": ramp, "classifier_only_epochs": head_epochs,
             "lambda_con": resolve_lambda_con(cfg, data.noise.rate) if method_name == "smec" else None,
             "precision": precision.to_dict(), "steps_per_epoch": len(train_loader), "points": points,
             "seconds": time.perf_counter() - start}
