@@ -36,5 +36,7 @@ def git_revision(root: Path = SOURCE_ROOT, paths: tuple[str, ...] = SOURCE_PATHS
 
 @functools.cache
 def source_revision() -> str | None:
-    """The commit the running package comes from (see ``git_revision``), looked up once per process."""
+    """The commit the running package comes from (see ``git_revision``), looked up once per process: a
+    process runs the code it imported, so ``train`` and ``run_sweep`` look it up when they start, and
+    later commits to the checkout do not change what the process reports."""
     return git_revision()

@@ -99,6 +99,7 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
 
     from smec_fast.trainer import train
 
+    revision = source_revision()  # before the first cell: what this process imported
     out = Path(out)
     for key in ("method", "noise_rate", "seed", "out", "resume"):
         if key in base:
@@ -126,7 +127,7 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
                       "test_accuracy_by_epoch": [h["test"]["accuracy"] for h in metrics["history"]],
                       "git": metrics.get("environment", {}).get("git")})
         class_names = metrics["class_names"]
-    result = {"command": command, "git": source_revision(), "base": base, "class_names": class_names,
+    result = {"command": command, "git": revision, "base": base, "class_names": class_names,
               "cells": cells}
     atomic_write_json(out / "sweep.json", result)
     atomic_write_text(out / "table.md", markdown_table(result))

@@ -267,6 +267,7 @@ def train(cfg: TrainConfig) -> dict:
     Under torchrun every process calls this; process 0 writes all files.
     """
     cfg.validate()
+    source_revision()  # the commit is the one the run starts from, not whatever HEAD is when it ends
     device = resolve_device(cfg.device)
     context = setup_distributed(device, cfg.dist_timeout)
     try:
