@@ -254,7 +254,8 @@ def save_curve_plot(result: dict, path: str | Path) -> None:
             stats = [mean_std([c["test_accuracy_by_epoch"][e] for c in cells]) for e in range(epochs)]
             x = range(1, epochs + 1)
             mean = [m for m, _ in stats]
-            ax.plot(x, mean, marker="o", markersize=3, color=color, label=f"{label} ({len(cells)} seed{'s' * (len(cells) > 1)})")
+            seeds = f"{len(cells)} seed{'s' * (len(cells) > 1)}"
+            ax.plot(x, mean, marker="o", markersize=3, color=color, label=f"{label} ({seeds})")
             ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], color=color, alpha=0.2)
             for c in cells:
                 chosen = c.get("selected_epoch")
