@@ -22,6 +22,9 @@ DATASETS = ("synthetic", "rafdb", "folder")
 SWITCH = ("auto", "on", "off")  # auto: chosen for the device (smec_fast.precision, trainer.switch_on)
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# SMEC's two-piece splits in image terms. The paper's pieces are C x W/2 x H (sec. III-B): the face cut along
+# its width into a left and a right half, grid 1x2 (one row, two columns).
+SPLITS = {"left-right": (1, 2), "top-bottom": (2, 1)}
 
 
 @dataclass
@@ -45,6 +48,9 @@ class TrainConfig:
     # --- method (DESIGN.md steps 2-8) ---
     method: str = "smec"  # smec: CE + ELR + L_con | elr: CE + ELR | ce: cross-entropy | eac | scn | rul (baselines)
     grid: tuple[int, int] = (1, 2)  # split grid rows x cols: 1x2 width (paper), 2x1 height, 2x2, 4x4; 1x1 = flip
+    # the grid in image terms: left-right (1x2, the paper) | top-bottom (2x1); given, it sets --grid; otherwise it
+    # is filled in from the grid ("2x2", "4x4", "whole" for 1x1)
+    split: str | None = None
     lambda_con: float | None = None  # weight of L_con; None: 2 for clean labels, 3 up to 40 % noise, 5 above
     con_warmup_epochs: float = 0.0  # ramp lambda_con linearly from 0 over this many epochs (0: off, as in the paper)
     cam_weight_grad: bool = False  # let L_con's gradient reach the classifier weight (EAC's code detaches it)
@@ -94,6 +100,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.grid = tuple(self.grid)
+        if self.split is None:
+            self.split = split_name(self.grid)
 
     @property
     def effective_noise_seed(self) -> int:
@@ -133,6 +141,12 @@ class TrainConfig:
             raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise ConfigError(f"--grid must be ROWSxCOLS with both at least 1, got {self.grid}")
+        if self.split != split_name(self.grid):
+            if self.split not in SPLITS:
+                raise ConfigError(f"--split must be one of {', '.join(SPLITS)}; got {self.split!r} "
+                                  f"(other grids are chosen with --grid ROWSxCOLS)")
+            raise ConfigError(f"--split {self.split} is grid {grid_text(SPLITS[self.split])}, but --grid is "
+                              f"{grid_text(self.grid)}; give one of them")
         if not 0.0 <= self.noise_rate < 1.0:
             raise ConfigError(f"--noise-rate must be in [0, 1), got {self.noise_rate}")
         if self.noise_file and self.noise_rate > 0:
@@ -155,6 +169,26 @@ class TrainConfig:
         if self.lambda_con is not None and self.lambda_con < 0:
             raise ConfigError(f"--lambda-con must be >= 0, got {self.lambda_con}")
         return self
+
+
+def grid_text(grid: tuple[int, int]) -> str:
+    return "x".join(map(str, grid))
+
+
+def split_name(grid: tuple[int, int]) -> str:
+    """A grid in image terms: left-right (1x2), top-bottom (2x1), whole (1x1, EAC's flip), else ROWSxCOLS."""
+    for name, split_grid in SPLITS.items():
+        if split_grid == tuple(grid):
+            return name
+    return "whole" if tuple(grid) == (1, 1) else grid_text(grid)
+
+
+def describe_split(grid: tuple[int, int]) -> str:
+    """'top-bottom (grid 2x1, pieces H/2 x W)' for the log."""
+    rows, cols = grid
+    h = "H" if rows == 1 else f"H/{rows}"
+    w = "W" if cols == 1 else f"W/{cols}"
+    return f"{split_name(grid)} (grid {grid_text(grid)}, pieces {h} x {w})"
 
 
 def default_lambda_con(noise_rate: float) -> float:
@@ -287,11 +321,20 @@ def load_config_file(path: str | Path) -> dict:
 
 def resolve_config(file_values: dict | None = None, cli_values: dict | None = None) -> TrainConfig:
     """Merge defaults < dataset preset < file < command line into a validated TrainConfig."""
-    given = {**(file_values or {}), **(cli_values or {})}
+    given: dict = {}
+    for layer in (file_values or {}, cli_values or {}):
+        # --split and --grid name the same choice: one given on the command line overrides the file's other
+        if "grid" in layer and "split" not in layer:
+            given.pop("split", None)
+        if "split" in layer and "grid" not in layer:
+            given.pop("grid", None)
+        given.update(layer)
     dataset = given.get("dataset", FIELDS["dataset"].default)
     if dataset not in PRESETS:
         _choice("dataset", dataset, DATASETS)
     values = {**PRESETS[dataset], **given}
+    if values.get("split") in SPLITS and "grid" not in values:
+        values["grid"] = SPLITS[values["split"]]  # --split left-right|top-bottom chooses the grid
     return TrainConfig(**values).validate()
 
 
@@ -312,4 +355,7 @@ __all__ = [
     "resolve_config",
     "config_from_dict",
     "parse_grid",
+    "SPLITS",
+    "split_name",
+    "describe_split",
 ]

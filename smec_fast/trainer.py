@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import smec_fast
 from smec_fast.audit import AUDIT_FILE, LabelAudit, class_probabilities
-from smec_fast.config import TrainConfig, config_from_dict
+from smec_fast.config import TrainConfig, config_from_dict, describe_split
 from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
 from smec_fast.distributed import (
     DistributedContext,
@@ -373,6 +373,8 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
                  data.noise.source, device, kind, f", {context.world_size} processes" if context.enabled else "",
                  ", compiled" if switch_on(cfg.compile, device) else "")
         log.info("precision: %s", precision.describe())
+        if cfg.method == "smec":
+            log.info("split: %s", describe_split(cfg.grid))
 
     progress = cfg.progress and main
     meter = EpochMeter(device, context.world_size)

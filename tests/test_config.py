@@ -51,6 +51,34 @@ def test_file_then_cli_precedence(tmp_path):
     assert load_config_file(json_file) == {"batch_size": 8, "noise_rate": 0.2}
 
 
+@pytest.mark.parametrize("argv,grid,split", [
+    ([], (1, 2), "left-right"),
+    (["--split", "top-bottom"], (2, 1), "top-bottom"),
+    (["--split", "left-right"], (1, 2), "left-right"),
+    (["--grid", "2x1"], (2, 1), "top-bottom"),
+    (["--grid", "2x2"], (2, 2), "2x2"),
+    (["--grid", "1x1"], (1, 1), "whole"),
+    (["--split", "top-bottom", "--grid", "2x1"], (2, 1), "top-bottom"),
+])
+def test_split_names_the_grid_in_image_terms(argv, grid, split):
+    cfg = parse(argv)
+    assert (cfg.grid, cfg.split) == (grid, split)
+    assert cfg.to_dict()["split"] == split  # written to config.json
+
+
+def test_split_and_grid_must_agree_and_the_later_source_wins(tmp_path):
+    with pytest.raises(ConfigError, match="--split top-bottom is grid 2x1, but --grid is 1x2"):
+        parse(["--split", "top-bottom", "--grid", "1x2"])
+    with pytest.raises(ConfigError, match="--split must be one of left-right, top-bottom"):
+        parse(["--split", "diagonal"])
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("split: top-bottom\n")
+    assert parse(["--config", str(yaml_file)]).grid == (2, 1)
+    assert parse(["--config", str(yaml_file), "--grid", "2x2"]).split == "2x2"
+    yaml_file.write_text("grid: [2, 2]\n")
+    assert parse(["--config", str(yaml_file), "--split", "top-bottom"]).grid == (2, 1)
+
+
 def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 0.1\n")

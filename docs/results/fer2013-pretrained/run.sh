@@ -62,3 +62,15 @@ done
 # 4. The start-up shock: L_con and test accuracy over SMEC's first 120 steps, by image size, CAM weight and
 #    batch-norm handling (shock.py; resumes variant by variant).
 python3 "$here/shock.py" --data "$WORK/data/halfB" --backbone "$WORK/backbone.pt" --out "$here/shock.json"
+
+# 5. The paper's ablations at 40 % noise, against the same seeds' smec (left-right halves) in noise40/:
+#    Table 3, top-bottom halves, seeds 0, 1, 2 (split/); Table 2, 2x2 and 4x4 pieces, and Fig. 5, SMEC with plain CE
+#    as its classification loss, seed 0 (ablations/). Seed 0 of every variant first, so a short sitting has all four.
+tb=smec:split=top-bottom:label=smec-top-bottom
+$SMEC sweep --methods $tb --noise-rates 0.4 --seeds 0 --out "$here/split" "${common[@]}"
+$SMEC sweep --methods smec:grid=2x2:label=smec-2x2,smec:grid=4x4:label=smec-4x4,smec:cls_loss=ce:label=smec-ce \
+  --noise-rates 0.4 --seeds 0 --out "$here/ablations" "${common[@]}"
+for seeds in 0,1 0,1,2; do
+  $SMEC sweep --methods $tb --noise-rates 0.4 --seeds $seeds --out "$here/split" "${common[@]}"
+done
+python3 "$here/ablations.py" "$here"
