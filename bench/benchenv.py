@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from smec_fast.precision import cpu_identity
 from smec_fast.provenance import git_revision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,13 +21,7 @@ def git_sha() -> str:
 
 def cpu_model() -> str:
     """The processor's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_identity()["model"]
 
 
 def device_name(device: torch.device) -> str:
@@ -37,11 +32,9 @@ def device_name(device: torch.device) -> str:
 
 def cpu_features() -> dict:
     """The processor features that decide the CPU's precision (smec_fast.precision)."""
-    from smec_fast.precision import cpu_bf16_support
-
-    native, what = cpu_bf16_support()
-    return {"model": cpu_model(), "cores": os.cpu_count(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": native, "bf16_instructions": what if native else None}
+    cpu = cpu_identity()
+    cpu.pop("bf16_detail")
+    return cpu
 
 
 def versions() -> dict:

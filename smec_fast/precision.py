@@ -22,21 +22,66 @@ gradient are right. ResNet-18 halves the width four times before layer4's stride
 
 from __future__ import annotations
 
+import os
+import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from smec_fast.errors import ConfigError
 
 
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) that still allow its native bf16 kernels.
+_BF16_ISAS = {"ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+              "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+
+
 def cpu_bf16_support() -> tuple[bool, str]:
-    """Whether this processor has native bf16 matrix instructions, as torch reports them, and which."""
+    """Whether this processor has native bf16 matrix instructions, as torch reports them, and which.
+
+    A cap on oneDNN's instruction set below them (ONEDNN_MAX_CPU_ISA=AVX2, say, or AVX512_CORE) makes bf16
+    emulated, so it counts as no native bf16: with ATEN_CPU_CAPABILITY=avx2 as well, a CPU with AVX512-BF16
+    runs the kernels an AVX2-only CPU runs."""
+    capability = torch.backends.cpu.get_cpu_capability()
     probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
     found = [name for name, probe in probes if _cpu_flag(probe)]
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    if found and cap not in _BF16_ISAS:
+        return False, f"{' and '.join(found)} capped by ONEDNN_MAX_CPU_ISA={cap} (torch CPU capability {capability})"
     if found:
         return True, " and ".join(found)
-    return False, f"no AMX or AVX512-BF16 (torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    return False, f"no AMX or AVX512-BF16 (torch CPU capability {capability})"
+
+
+def cpu_identity() -> dict:
+    """The processor as the precision choice sees it: model name, vendor family and model numbers (from
+    /proc/cpuinfo where there is one: "AMD EPYC" is both Zen 3, family 25 model 1, and Zen 4, family 25 model
+    17), cores, torch's CPU capability, and whether bf16 is native and through which instructions."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() in ("model name", "cpu family", "model") and key.strip() not in info:
+                info[key.strip()] = value.strip()
+            if not line.strip() and info:
+                break
+    except OSError:
+        pass
+    native, what = cpu_bf16_support()
+    return {"model": info.get("model name") or platform.processor() or platform.machine(),
+            "family": info.get("cpu family"), "model_number": info.get("model"), "cores": os.cpu_count(),
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
+            "bf16_instructions": what if native else None, "bf16_detail": what}
+
+
+def describe_cpu(identity: dict | None = None) -> str:
+    """One line: 'AMD EPYC (family 25, model 17), 2 cores, torch capability AVX512, native bf16 (AVX512-BF16)'."""
+    cpu = identity or cpu_identity()
+    numbers = f" (family {cpu['family']}, model {cpu['model_number']})" if cpu["family"] else ""
+    bf16 = f"native bf16 ({cpu['bf16_instructions']})" if cpu["native_bf16"] else f"bf16 emulated: {cpu['bf16_detail']}"
+    return f"{cpu['model']}{numbers}, {cpu['cores']} cores, torch capability {cpu['torch_capability']}, {bf16}"
 
 
 def _cpu_flag(probe: str) -> bool:
@@ -122,4 +167,4 @@ def fp32_region(device_type: str):
     return torch.autocast(device_type, enabled=False)
 
 
-__all__ = ["Precision", "autocast_context", "cpu_bf16_support", "fp32_region", "resolve_precision"]
+__all__ = ["Precision", "autocast_context", "cpu_bf16_support", "cpu_identity", "describe_cpu", "fp32_region", "resolve_precision"]

@@ -19,6 +19,22 @@ def shared_dir() -> Path | None:
     return None
 
 
+def pytest_report_header(config) -> list[str]:
+    """The CPU kind this session tests on: what decides --amp auto and which hardware paths exist."""
+    from smec_fast.precision import describe_cpu, resolve_precision
+
+    chosen = resolve_precision("auto", "auto", "cpu", narrowest_width=64)
+    return [f"cpu: {describe_cpu()}", f"cpu: --amp auto trains in {chosen.describe()}"]
+
+
+def pytest_sessionstart(session) -> None:
+    """-q leaves the header out; the CPU lines are printed all the same, since they explain timings and skips."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.option.verbose < 0:
+        for line in pytest_report_header(session.config):
+            reporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     path = shared_dir()
