@@ -10,7 +10,8 @@ Three ways to run the same optimizer step, on the same model, batch and image si
 
 Each way runs in every precision (`--amp`: off = fp32, bf16 autocast) and layout (`--channels-last`) asked
 for. Defaults: on CUDA plain in fp32 NCHW and the others in bf16 channels_last, 224 px, batches 64 and
-256; on a CPU plain and eager in all four of fp32 / bf16 x NCHW / NHWC, 64 and 112 px, batch 64. Every
+256; on a CPU plain and eager in all four of fp32 / bf16 x NCHW / NHWC, 64 and 112 px, batch 64 (fp32 NCHW and
+NHWC only where bf16 is not native: emulated, it is slower than fp32, and `--amp bf16` still asks for it). Every
 row's `speedup_over_plain` is against plain fp32 NCHW on the same kind of input.
 
 Step timings run on device-resident random images, so they measure the step alone. FLOPs of one step come
@@ -56,7 +57,7 @@ from smec_fast.data.loaders import default_loader, make_loader
 from smec_fast.kernels import kernel_backend
 from smec_fast.methods import build_method, narrowest_input_width
 from smec_fast.model import FerResNet18
-from smec_fast.precision import autocast_context, resolve_precision
+from smec_fast.precision import autocast_context, describe_cpu, resolve_precision
 from smec_fast.split_merge import split_and_flip
 from smec_fast.trainer import TrainingObjective
 
@@ -170,10 +171,12 @@ def time_loader(step: Step, batches, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1000
 
 
-def default_ways(gpu: bool, mode: str, amp: list[str] | None, channels_last: list[str] | None):
-    """(amp, channels_last) pairs a way runs in: the flags' product, or the device's defaults."""
+def default_ways(gpu: bool, mode: str, amp: list[str] | None, channels_last: list[str] | None,
+                 native_bf16: bool = True):
+    """(amp, channels_last) pairs a way runs in: the flags' product, or the device's defaults (on a CPU without
+    native bf16, fp32 only: emulated bf16 is slower than fp32 there, and `--amp bf16` still asks for it)."""
     fast = mode != "plain"
-    amps = amp or (["bf16" if fast else "off"] if gpu else ["off", "bf16"])
+    amps = amp or (["bf16" if fast else "off"] if gpu else ["off", "bf16"] if native_bf16 else ["off"])
     layouts = channels_last or (["on" if fast else "off"] if gpu else ["off", "on"])
     return list(itertools.product(amps, layouts))
 
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--modes", nargs="+", choices=MODES,
                         help="default: all three on CUDA, plain and eager on the CPU")
     parser.add_argument("--amp", nargs="+", choices=["off", "bf16"],
-                        help="precisions every way runs in (default: CUDA plain off, others bf16; CPU both)")
+                        help="precisions every way runs in (default: CUDA plain off, others bf16; CPU both where bf16 "
+                             "is native, else off)")
     parser.add_argument("--channels-last", nargs="+", choices=["on", "off"],
                         help="layouts every way runs in (default: CUDA plain off, others on; CPU both)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -208,10 +212,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = {"device_name": device_name(device), **versions(), "git": git_sha(),
            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    native_bf16 = True
     if not gpu:
         env["cpu"] = cpu_features()
+        native_bf16 = env["cpu"]["native_bf16"]
     print(f"# {env['device_name']} | torch {env['torch']} | git {env['git']}"
-          + (f" | native bf16: {env['cpu']['bf16_instructions']}" if not gpu else ""))
+          + (f" | {describe_cpu()}" if not gpu else ""))
+    if not gpu and not native_bf16 and not args.amp:
+        print("# no native bf16 on this CPU: the emulated-bf16 rows are skipped (slower than fp32 here); "
+              "--amp off bf16 runs them")
     rows = []
 
     def record(row: dict) -> None:
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             labels = torch.randint(0, 7, (4 * batch,), generator=torch.Generator().manual_seed(0))
             random_batch = (torch.randn(batch, 3, size, size, device=device), labels[:batch].to(device),
                             torch.arange(batch, device=device))
-            for amp, layout in default_ways(gpu, mode, args.amp, args.channels_last):
+            for amp, layout in default_ways(gpu, mode, args.amp, args.channels_last, native_bf16):
                 for method in args.methods:
                     step = Step(method, mode, labels, device, amp, layout, size)
                     flops = step.flops(*random_batch)

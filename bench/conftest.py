@@ -14,6 +14,22 @@ import torch
 
 def pytest_addoption(parser):
     parser.addoption("--smoke", action="store_true", help="tiny sizes: check that every benchmark runs")
+    parser.addoption("--amp", choices=("auto", "off", "bf16"), default="auto",
+                     help="precision of the training-step rounds (default auto: what the trainer picks; on a CPU "
+                          "without native bf16 that is fp32, and bf16 here forces emulated bf16)")
+
+
+def pytest_report_header(config) -> list[str]:
+    device = _device()
+    if device.type == "cuda":
+        return [f"device: {torch.cuda.get_device_name(device)}"]
+    from smec_fast.precision import cpu_bf16_support, describe_cpu
+
+    lines = [f"cpu: {describe_cpu()}"]
+    if not cpu_bf16_support()[0] and config.getoption("--amp") == "auto":
+        lines.append("cpu: no native bf16, so the training steps run in fp32 and no emulated-bf16 rounds are "
+                     "timed (--amp bf16 forces them)")
+    return lines
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -32,6 +48,11 @@ def pytest_generate_tests(metafunc):
 
 def _device() -> torch.device:
     return torch.device(os.environ.get("TORCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@pytest.fixture(scope="session")
+def amp(request) -> str:
+    return request.config.getoption("--amp")
 
 
 @pytest.fixture(scope="session")

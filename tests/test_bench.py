@@ -63,6 +63,21 @@ def test_bench_train_rows(tmp_path, fer_subset, with_data):
         assert ("speedup_over_plain" in r) == (not is_reference and (r["method"], r["data"] == "random") in reference)
 
 
+def test_bench_train_skips_emulated_bf16_unless_asked(tmp_path, monkeypatch, capsys):
+    from smec_fast import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "no AMX or AVX512-BF16 (patched)"))
+    bench = load_script("bench_train")
+    argv = ["--device", "cpu", "--image-size", "40", "--batch", "2", "--methods", "ce", "--modes", "eager",
+            "--channels-last", "off", "--warmup", "0", "--steps", "1", "--repeats", "1", "--out", str(tmp_path / "t.json")]
+    rows = bench.main(argv)
+    assert [r["amp"] for r in rows] == ["off"] and not rows[0]["cpu"]["native_bf16"]
+    assert "emulated-bf16 rows are skipped" in capsys.readouterr().out
+    rows = bench.main([*argv, "--amp", "off", "bf16"])
+    assert [r["amp"] for r in rows] == ["off", "bf16"]
+    assert "skipped" not in capsys.readouterr().out
+
+
 def test_bench_train_refuses_bf16_where_the_cpu_gets_it_wrong(tmp_path):
     bench = load_script("bench_train")
     with pytest.raises(ConfigError, match="--amp bf16 on the CPU"):

@@ -231,7 +231,7 @@ def test_fuzzed_images(run, face_folder, tmp_path, capsys):
 
 # --- interrupted training ---------------------------------------------------------------------------------
 
-KILL_RUN = ["--image-size", "32", "--synthetic-train-size", "320", "--synthetic-test-size", "64", "--batch-size",
+KILL_RUN = ["--image-size", "32", "--synthetic-train-size", "160", "--synthetic-test-size", "64", "--batch-size",
             "16", "--epochs", "3", "--noise-rate", "0.3", "--progress", "false", "--num-workers", "0"]
 
 

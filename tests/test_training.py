@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ def test_run_writes_the_results_contract(finished_run):
                 "best_balanced_accuracy", "per_class_accuracy", "history", "config"):
         assert key in on_disk
     assert on_disk["method"] == "smec" and on_disk["noise_rate"] == 0.25 and on_disk["epochs"] == 3
-    assert on_disk["lambda_con"] == 3.0
+    assert on_disk["lambda_con"] == 3.0 and on_disk["config"]["split"] == "left-right"
     assert on_disk["best_accuracy"] == max(h["test"]["accuracy"] for h in on_disk["history"])
     assert on_disk["final_accuracy"] == on_disk["history"][-1]["test"]["accuracy"]
     assert list(on_disk["per_class_accuracy"]) == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness",
@@ -131,12 +132,14 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     assert torch.equal(a["method"]["elr.targets"], b["method"]["elr.targets"])
 
 
-def test_short_smec_run_on_embedded_data_beats_chance(tmp_path):
+def test_short_smec_run_on_embedded_data_beats_chance(tmp_path, caplog):
     # The synthetic preset (64 px, lr 1e-3, lambda_con warm-up) on half the default data, four epochs, in the
     # default precision (bf16 on CPUs with native bf16, which learns a little more slowly over the first
     # epochs: 49 % after three, 60 % after four, against fp32's 54 % after three).
-    metrics = train(resolve_config(cli_values=dict(out=str(tmp_path / "smec"), synthetic_train_size=1000,
-                                                   synthetic_test_size=300, epochs=4, progress=False)))
+    with caplog.at_level(logging.INFO, logger="smec_fast"):
+        metrics = train(resolve_config(cli_values=dict(out=str(tmp_path / "smec"), synthetic_train_size=1000,
+                                                       synthetic_test_size=300, epochs=4, progress=False)))
+    assert "split: left-right (grid 1x2, pieces H x W/2)" in caplog.text
     # Chance: 1/7 balanced accuracy; always answering the largest class gives 38.7 % accuracy here.
     assert metrics["best_accuracy"] > 50.0, metrics["history"]
     assert metrics["best_balanced_accuracy"] > 25.0, metrics["history"]
