@@ -39,21 +39,23 @@ CANDIDATES: dict[str, list[str]] = {
     "current": [],
     "64px-e8-nhwc": ["--image-size", "64", "--epochs", "8", "--channels-last", "on"],
     "64px-e8-nchw": ["--image-size", "64", "--epochs", "8", "--channels-last", "off"],
+    "64px-e6-decay": ["--image-size", "64", "--epochs", "6", "--lr-decay", "0.7"],
     "48px-e8": ["--image-size", "48", "--epochs", "8"],
-    "48px-e8-nhwc": ["--image-size", "48", "--epochs", "8", "--channels-last", "on"],
-    "48px-e6-decay": ["--image-size", "48", "--epochs", "6", "--lr-decay", "0.7"],
     "48px-e8-decay": ["--image-size", "48", "--epochs", "8", "--lr-decay", "0.75"],
+    "48px-e6-decay": ["--image-size", "48", "--epochs", "6", "--lr-decay", "0.7"],
     "48px-n1500-e8-decay": ["--image-size", "48", "--epochs", "8", "--lr-decay", "0.75",
                             "--synthetic-train-size", "1500"],
-    "64px-e6-decay": ["--image-size", "64", "--epochs", "6", "--lr-decay", "0.7"],
+    "48px-e8-b16": ["--image-size", "48", "--epochs", "8", "--batch-size", "16"],
+    "48px-e6-b16": ["--image-size", "48", "--epochs", "6", "--batch-size", "16", "--con-warmup-epochs", "1.5"],
+    "40px-e8-b16": ["--image-size", "40", "--epochs", "8", "--batch-size", "16"],
 }
 KINDS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
-def run_candidate(name: str, kind: str, workdir: Path) -> dict:
+def run_candidate(name: str, kind: str, workdir: Path, extra: list[str]) -> dict:
     out = workdir / f"{name}-{kind}"
     command = [sys.executable, "-m", "smec_fast", "train", "--out", str(out), "--progress", "false",
-               *CANDIDATES[name]]
+               *CANDIDATES[name], *extra]
     env = {**os.environ, **KINDS[kind]}
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -62,7 +64,7 @@ def run_candidate(name: str, kind: str, workdir: Path) -> dict:
         raise RuntimeError(f"{name} ({kind}) failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
     history = metrics["history"]
-    return {"candidate": name, "kind": kind, "options": CANDIDATES[name], "wall_s": wall,
+    return {"candidate": name, "kind": kind, "options": [*CANDIDATES[name], *extra], "wall_s": wall,
             "final_balanced_accuracy": metrics["final_balanced_accuracy"],
             "best_balanced_accuracy": metrics["best_balanced_accuracy"],
             "final_accuracy": metrics["final_accuracy"],
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "default_cpu.json")
+    parser.add_argument("--extra", default="", help="options added to every candidate's command (quoted), e.g. "
+                                                     "'--epochs 1' for a quick check that the script runs")
     args = parser.parse_args(argv)
     env = {**versions(), "git": git_sha(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": PRESETS["synthetic"]}
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             for name in args.candidates:
-                row = {**run_candidate(name, kind, Path(tmp)), **env}
+                row = {**run_candidate(name, kind, Path(tmp), shlex.split(args.extra)), **env}
                 rows.append(row)
                 atomic_write_json(args.out, rows)
                 print(f"{kind:6s} {name:22s} {row['wall_s']:7.1f} s  balanced {row['final_balanced_accuracy']:5.1f} % "
