@@ -109,9 +109,11 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
     for variant in variants:
         for rate in noise_rates:
             for seed in seeds:
-                values = {**base, **variant.overrides, "method": variant.method, "noise_rate": rate, "seed": seed,
-                          "out": str(cell_dir(out, variant.label, rate, seed)), "resume": True}
-                configs.append((variant, rate, seed, resolve_config(cli_values=values)))  # validate all first
+                cell = {**variant.overrides, "method": variant.method, "noise_rate": rate, "seed": seed,
+                        "out": str(cell_dir(out, variant.label, rate, seed)), "resume": True}
+                # the variant's options override the sweep's, as the command line overrides a config file
+                cfg = resolve_config(file_values=base, cli_values=cell)
+                configs.append((variant, rate, seed, cfg))  # validate all first
     cells = []
     for i, (variant, rate, seed, cfg) in enumerate(configs, start=1):
         metrics_path = Path(cfg.out) / "metrics.json"

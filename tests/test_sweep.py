@@ -13,9 +13,10 @@ TINY = ["--image-size", "32", "--synthetic-train-size", "96", "--synthetic-test-
 
 
 def test_parse_variants():
-    variants = parse_variants("ce, smec:grid=2x2:label=split4, smec:cls_loss=ce")
+    variants = parse_variants("ce, smec:grid=2x2:label=split4, smec:cls_loss=ce, smec:split=top-bottom")
     assert [(v.label, v.method, v.overrides) for v in variants] == [
-        ("ce", "ce", {}), ("split4", "smec", {"grid": (2, 2)}), ("smec-cls_lossce", "smec", {"cls_loss": "ce"})]
+        ("ce", "ce", {}), ("split4", "smec", {"grid": (2, 2)}), ("smec-cls_lossce", "smec", {"cls_loss": "ce"}),
+        ("smec-splittop-bottom", "smec", {"split": "top-bottom"})]
     with pytest.raises(ConfigError, match="unknown method 'sce'"):
         parse_variants("sce")
     with pytest.raises(ConfigError, match="labels repeat"):
@@ -38,14 +39,16 @@ def test_table_gives_mean_and_sample_std_over_seeds():
 
 def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
-    argv = ["sweep", "--methods", "ce,smec:grid=2x1:label=height", "--noise-rates", "0,0.5", "--seeds", "0",
-            "--out", str(out), *TINY]
+    # a variant's --split overrides the sweep's --grid
+    argv = ["sweep", "--methods", "ce,smec:split=top-bottom:label=height", "--noise-rates", "0,0.5", "--seeds", "0",
+            "--out", str(out), "--grid", "1x2", *TINY]
     assert main(argv) == 0, capsys.readouterr().err
     result = json.loads((out / "sweep.json").read_text())
     assert [(c["label"], c["noise_rate"]) for c in result["cells"]] == [
         ("ce", 0.0), ("ce", 0.5), ("height", 0.0), ("height", 0.5)]
     smec_cell = json.loads((out / "height" / "noise50" / "seed0" / "metrics.json").read_text())
-    assert smec_cell["config"]["grid"] == [2, 1] and smec_cell["lambda_con"] == 5.0
+    assert smec_cell["config"]["grid"] == [2, 1] and smec_cell["config"]["split"] == "top-bottom"
+    assert smec_cell["lambda_con"] == 5.0
     assert smec_cell["noise"]["changed"] == 48
     # every run and the sweep record the source they came from (None outside a git checkout)
     assert smec_cell["environment"]["git"] == source_revision() == result["git"]
