@@ -57,6 +57,8 @@ def run_candidate(name: str, kind: str, workdir: Path, extra: list[str]) -> dict
     command = [sys.executable, "-m", "smec_fast", "train", "--out", str(out), "--progress", "false",
                *CANDIDATES[name], *extra]
     env = {**os.environ, **KINDS[kind]}
+    if KINDS[kind]:  # inductor's cache key leaves out the capability: keep the capped run's kernels apart
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / f"inductor-{kind}")
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start

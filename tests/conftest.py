@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,13 @@ def kernel_test_device() -> str:
     """Device of the Triton kernel tests: $TORCH_DEVICE, else CUDA when present, else the CPU."""
     return os.environ.get("TORCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
+
+# torch.compile's on-disk cache is per test session: inductor's cache key leaves out the CPU capability
+# ATen runs with, so kernels cached by a run with ATEN_CPU_CAPABILITY=avx2 (the AVX2-only stand-in) abort
+# a later run without it on the same machine.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="smec-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 # On the CPU the Triton kernels run in Triton's interpreter, which has to be switched on before triton
 # decorates any kernel, that is before a test module imports smec_fast.kernels.
