@@ -22,7 +22,7 @@ DATASETS = ("synthetic", "rafdb", "folder")
 SWITCH = ("auto", "on", "off")  # auto: chosen for the device (smec_fast.precision, trainer.switch_on)
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# SMEC's two-piece splits in image terms. The paper's pieces are C x W/2 x H (sec. III-B): the face cut along
+# SMEC's two-piece splits in image terms. The paper's pieces are C x W/2 x H (sec. III-A): the face cut along
 # its width into a left and a right half, grid 1x2 (one row, two columns).
 SPLITS = {"left-right": (1, 2), "top-bottom": (2, 1)}
 
