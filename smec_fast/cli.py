@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from smec_fast.config import FIELDS, coerce, load_config_file, resolve_config, unknown_key_message
+from smec_fast.config import FIELDS, coerce, grid_text, load_config_file, resolve_config, unknown_key_message
 from smec_fast.errors import ConfigError, SmecFastError, first_line
 
 PROG = "smec-fast"
@@ -39,7 +39,7 @@ def _add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...
         if "_" in name:
             flags.append(f"--{name}")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        default = "x".join(map(str, f.default)) if name == "grid" else ("none" if f.default is None else f.default)
+        default = grid_text(f.default) if name == "grid" else ("none" if f.default is None else f.default)
         extra = {"nargs": "?", "const": "true"} if "bool" in kind else {}
         parser.add_argument(*flags, dest=f"cfg_{name}", default=argparse.SUPPRESS, metavar="VALUE",
                             help=f"(default {default})", **extra)
