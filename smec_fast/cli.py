@@ -270,6 +270,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _positive(args.batch_size, "--batch-size")
     trained = load_trained_model(args.checkpoint, resolve_device(args.device))
+    if args.cam and not trained.model.has_cam:
+        from smec_fast.model import NO_CAM
+
+        raise ConfigError(f"--cam: {args.checkpoint}: {NO_CAM}")
     root = Path(args.images)
     files = list_images(root)
     predictions, skipped = predict_files(trained, files, args.batch_size, skip_bad=args.skip_bad_images)
@@ -385,6 +389,11 @@ def cmd_cam(args: argparse.Namespace) -> int:
     _positive(args.num, "--num")
     device = resolve_device(args.device)
     models = [load_trained_model(path, device) for path in args.checkpoints]
+    for path, trained in zip(args.checkpoints, models):
+        if not trained.model.has_cam:
+            from smec_fast.model import NO_CAM
+
+            raise ConfigError(f"{path}: {NO_CAM}")
     names = models[0].class_names
     for trained in models[1:]:
         if trained.class_names != names:

@@ -123,6 +123,9 @@ class _GlobalBatchNorm(torch.autograd.Function):
             running_var.mul_(1 - momentum).add_(momentum * (var * count / (count - 1).clamp(min=1)).to(running_var.dtype))
         shape = (1, c, 1, 1)
         xhat = (x - mean.to(x.dtype).view(shape)) * invstd.to(x.dtype).view(shape)
+        ctx.affine = weight is not None
+        if weight is None:  # batch norm without affine parameters
+            weight, bias = x.new_ones(c), x.new_zeros(c)
         ctx.save_for_backward(xhat, weight, invstd.to(x.dtype), count)
         return xhat * weight.view(shape) + bias.view(shape)
 
@@ -138,6 +141,8 @@ class _GlobalBatchNorm(torch.autograd.Function):
         c = xhat.shape[1]
         n = count.to(grad.dtype)
         grad_x = (weight * invstd).view(shape) * (grad - (totals[:c] / n).view(shape) - xhat * (totals[c:] / n).view(shape))
+        if not ctx.affine:
+            grad_weight = grad_bias = None
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
@@ -168,8 +173,10 @@ def convert_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
+            device_of = next(child.buffers(), None)
             replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                            child.track_running_stats).to(child.weight.device)
+                                            child.track_running_stats)
+            replacement.to(device_of.device if device_of is not None else "cpu")
             replacement.load_state_dict(child.state_dict())
             setattr(model, name, replacement)
         else:

@@ -66,7 +66,7 @@ def export_model(trained: TrainedModel, fmt: str, out: str | Path) -> Path:
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "outputs": ["logits (B, K)", "features (B, 512, h, w)"],
-        "cam_weight": model.cam_weight.detach().tolist(),
+        "cam_weight": model.cam_weight.detach().tolist() if model.has_cam else None,
         "checkpoint": str(trained.path),
         "epoch": trained.epoch,
     })

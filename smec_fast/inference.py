@@ -14,7 +14,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from smec_fast.data.loader import decode_image_file, decode_rgb, normalize, pil_to_tensor
 from smec_fast.errors import CheckpointError, DataError
 from smec_fast.kernels import cam
-from smec_fast.model import FerResNet18
+from smec_fast.model import build_model
 from smec_fast.trainer import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
         weights = state["model"]
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: incomplete checkpoint ({err})") from None
-    model = FerResNet18(num_classes=len(class_names))
+    model = build_model(config.method, config.recipe, len(class_names), config.image_size)
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -89,7 +89,7 @@ def list_images(path: str | Path) -> list[Path]:
 class Prediction:
     path: Path
     probabilities: torch.Tensor  # (K,) float32
-    cam: torch.Tensor  # (h, w) CAM of the predicted class
+    cam: torch.Tensor | None  # (h, w) CAM of the predicted class; None for a model without CAMs
 
     @property
     def label(self) -> int:
@@ -123,8 +123,11 @@ def predict_files(trained: TrainedModel, files: list[Path], batch_size: int = 32
         x = normalize(torch.stack(images).to(device))  # (B, 3, S, S)
         logits, feat = trained.model(x)
         probs = torch.softmax(logits.float(), dim=1).cpu()
-        maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
-        chosen = maps[torch.arange(len(images)), logits.argmax(1)].cpu()  # (B, h, w)
+        if trained.model.has_cam:
+            maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
+            chosen = maps[torch.arange(len(images)), logits.argmax(1)].cpu()  # (B, h, w)
+        else:
+            chosen = [None] * len(images)
         predictions += [Prediction(f, p, m) for f, p, m in zip(batch_files, probs, chosen)]
     return predictions, skipped
 

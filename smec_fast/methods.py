@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from smec_fast import seeding
-from smec_fast.augment import random_erasing
+from smec_fast.augment import flip_or_noise_choice, gaussian_pixel_noise, mirror, noise_choice, random_erasing
 from smec_fast.config import TrainConfig, default_lambda_con
 from smec_fast.distributed import shard_of_batch, sync_rows_
 from smec_fast.losses import ElrCrossEntropy, SplitMergeConsistency
-from smec_fast.model import FEATURE_CHANNELS
+from smec_fast.model import FEATURE_CHANNELS, embedding_branch, feature_map_size
 from smec_fast.split_merge import split_and_flip
 
 
@@ -29,6 +29,12 @@ class TrainingMethod(nn.Module):
     name = ""
     # Buffers of shape (N, ...) that a step updates at its samples' dataset indices.
     sample_state: tuple[str, ...] = ()
+    # Whether the training loader mirrors half its images at random; a method that augments otherwise says no.
+    loader_hflip = True
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        """The optimizer's parameter groups: the model's and the method's own parameters at `lr`."""
+        return [{"params": list(model.parameters()) + list(self.parameters()), "lr": lr}]
 
     def end_step(self, index: torch.Tensor) -> None:
         """Called after every optimizer step: applies per-sample updates the step deferred and, under torchrun,
@@ -45,6 +51,37 @@ class TrainingMethod(nn.Module):
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return seeding.stream("method", seed, epoch, stream)
+
+
+class PixelNoise:
+    """Gaussian pixel noise drawn on the images' device from a stream seeded by (seed, epoch, process), created
+    at the epoch's first batch (the device is known then). Under torchrun each process draws its own images'
+    noise, so the values (not which images get them) differ from a one-process run."""
+
+    def __init__(self, stream: int):
+        self.stream = stream
+        self.keys = (0, 0)
+        self.generator: torch.Generator | None = None
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        self.keys = (seed, epoch)
+        self.generator = None
+
+    def __call__(self, images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        if self.generator is None or self.generator.device != images.device:
+            rank = shard_of_batch()[0]
+            self.generator = seeding.device_stream("pixel-noise", images.device, *self.keys, self.stream, rank)
+        return gaussian_pixel_noise(images, which.to(images.device, non_blocking=True), self.generator)
+
+
+def basic_augmentation(images: torch.Tensor, generator: torch.Generator, noise: PixelNoise) -> torch.Tensor:
+    """SCN's and RUL's training augmentation, in their order: the "basic augmentation" (half the images either
+    mirrored or given Gaussian noise, a quarter each), then random erasing (p 0.5, area 2-25 %)."""
+    shard = shard_of_batch()
+    flip, add_noise = flip_or_noise_choice(images.shape[0], generator, shard=shard)
+    images = mirror(images, flip.to(images.device, non_blocking=True))
+    images = noise(images, add_noise)
+    return random_erasing(images, generator, p=0.5, scale=(0.02, 0.25), shard=shard)
 
 
 class CrossEntropyMethod(TrainingMethod):
@@ -126,31 +163,65 @@ class EacMethod(TrainingMethod):
     Facial Expression Recognition", ECCV 2022 (reference code github.com/zyh-uaiaaaa/Erasing-Attention-
     Consistency).
 
-    Each training image is randomly erased (probability 0.5, area 2-25 % of the image, aspect 0.3-3.3, as
-    torchvision's RandomErasing with `scale=(0.02, 0.25)` in EAC's transforms); the erased image and its
-    horizontal flip both go through the network, and the CAM of the flipped image, flipped back, must match
-    the CAM of the erased image (MSE, classifier weight detached). Loss: CE + lambda * L_flip, lambda = 5.
-    The flip consistency is SMEC's L_con with a 1x1 grid.
+    The erased image and a horizontal flip both go through the network (two forwards, each with its own
+    batch-norm statistics), and the CAM of every class of the flipped view, flipped back, must match the CAM of
+    the main view (MSE over B x K x h x w, classifier weight detached). Loss: CE on the main view + lambda *
+    L_flip, lambda = 5. Erasing: probability 0.5, area 2-25 % of the image, aspect 0.3-3.3 (torchvision's
+    RandomErasing with `scale=(0.02, 0.25)`), the erased pixels set to the mean colour. The flip consistency is
+    SMEC's L_con with a 1x1 grid.
+
+    `official=False` (the shared recipe): each image is erased once and its flip is the mirror of the erased
+    image; the loader's random flips stay on.
+
+    `official=True`, as its src/dataset.py and src/main.py train:
+    - no random flips in the loader (its transforms have none);
+    - the main view gets Gaussian pixel noise (variance 30 on the 0-255 scale) with probability 0.5, then
+      erasing;
+    - with noisy labels (`noisy_labels`: any label file other than the clean list; here, any noise applied), the
+      flipped view is the mirror of the image before noise and erasing, erased independently of the main view;
+      with clean labels it is the mirror of the noised, erased main view;
+    - the optimisation of config.RECIPES["eac"]: Adam, ExponentialLR(0.9) per epoch, batch 32, and lr 2e-4,
+      which the repository's README gives for a ResNet-18 backbone (its code's 1e-4 is for its ResNet-50).
+    Under torchrun, which images are noised and erased is drawn for the global batch; the noise values are
+    drawn per process.
     """
 
     name = "eac"
 
-    def __init__(self, lambda_flip: float = 5.0, erase_p: float = 0.5, erase_scale=(0.02, 0.25)):
+    def __init__(self, lambda_flip: float = 5.0, erase_p: float = 0.5, erase_scale=(0.02, 0.25),
+                 official: bool = False, noisy_labels: bool = True):
         super().__init__()
         self.consistency = SplitMergeConsistency((1, 1), detach_weight=True)
         self.lambda_flip = lambda_flip
         self.erase_p = erase_p
         self.erase_scale = tuple(erase_scale)
+        self.official = official
+        self.noisy_labels = noisy_labels
+        self.loader_hflip = not official
         self.generator = _epoch_generator(0, 0, stream=1)
+        self.noise = PixelNoise(stream=1)
 
     def start_epoch(self, epoch: int, seed: int) -> None:
         self.generator = _epoch_generator(seed, epoch, stream=1)
+        self.noise.start_epoch(seed, epoch)
+
+    def views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(main view, flipped view) of a batch, as the recipe builds them."""
+        shard = shard_of_batch()
+        erase = dict(p=self.erase_p, scale=self.erase_scale, shard=shard)
+        if not self.official:
+            erased = random_erasing(images, self.generator, **erase)
+            return erased, split_and_flip(erased, (1, 1))
+        main = self.noise(images, noise_choice(images.shape[0], self.generator, shard=shard))
+        main = random_erasing(main, self.generator, **erase)
+        if not self.noisy_labels:
+            return main, main.flip(-1)
+        return main, random_erasing(images.flip(-1), self.generator, **erase)
 
     def forward(self, model, images, labels, index):
-        erased = random_erasing(images, self.generator, p=self.erase_p, scale=self.erase_scale,
-                                shard=shard_of_batch())
-        logits, feat = model(erased)
-        _, feat_flip = model(split_and_flip(erased, (1, 1)))
+        main, flipped = self.views(images)
+        logits, feat = model(main)
+        _, feat_flip = model(flipped)
         loss_ce = F.cross_entropy(logits.float(), labels)
         loss_flip = self.consistency(feat, feat_flip, model.cam_weight)
         loss = loss_ce + self.lambda_flip * loss_flip
@@ -164,33 +235,57 @@ class ScnMethod(TrainingMethod):
     - Self-attention importance weighting: alpha_i = sigmoid(FC(f_i)) from the pooled features; the loss is
       the cross-entropy of the alpha-weighted logits alpha_i * z_i (logit-weighted CE).
     - Rank regularisation: the batch is split by alpha into the top `beta` fraction (high importance) and
-      the rest; L_RR = max(0, margin_rank - (mean_high alpha - mean_low alpha)), margin_rank = 0.15.
-    - Relabelling, from epoch `relabel_epoch` on: a low-importance sample whose largest predicted
-      probability exceeds the probability of its label by more than margin_relabel = 0.2 takes the
-      predicted class as its label from then on (written by `end_step`, after the step's backward).
-      beta = 0.7.
+      the rest; L_RR = max(0, margin_rank - (mean_high alpha - mean_low alpha)).
+    - Relabelling, from the 0-based epoch `relabel_epoch` on: a sample whose largest predicted probability
+      exceeds the probability of its label by more than margin_relabel = 0.2 takes the predicted class as its
+      label from then on (written by `end_step`, after the step's backward).
     Loss: CE + L_RR. At test time the plain classifier is used (a positive alpha does not change argmax).
-    Under torchrun, the importance ranking runs within each process's share of the batch.
+
+    `official=False` (the shared recipe, the paper's description): the high group is round(beta * B) samples;
+    only the low-importance group is relabelled, by the probabilities of the unweighted logits, and a new label
+    is used from the next batch that holds the sample; beta 0.7, margin_rank 0.15 (the paper's), relabelling from
+    the 11th epoch.
+
+    `official=True`, as its src/train.py trains:
+    - the high group is int(beta * B) samples;
+    - every sample of the batch may be relabelled, by the softmax of the attention-weighted logits, from its
+      10th epoch counted from 1 (config.RECIPES["scn"] sets relabel_epoch 9);
+    - the labels a step reads are the ones of the epoch's start: the code rewrites its data set's label array,
+      which the DataLoader's worker processes copied when the epoch began;
+    - augmentation: no loader flips; half the images either mirrored or given Gaussian pixel noise (variance
+      30 on the 0-255 scale), a quarter each, then random erasing (p 0.5, area 2-25 %);
+    - the optimisation of config.RECIPES["scn"]: Adam at 1e-3, ExponentialLR(0.9) per epoch, batch 64, and
+      margin_rank 0.07, which the repository's README advises for batch 64.
+    Under torchrun, the importance ranking and the relabelling run within each process's share of the batch.
     """
 
     name = "scn"
     sample_state = ("labels",)
 
     def __init__(self, labels: torch.Tensor, beta: float = 0.7, margin_rank: float = 0.15,
-                 margin_relabel: float = 0.2, relabel_epoch: int = 10):
+                 margin_relabel: float = 0.2, relabel_epoch: int = 10, official: bool = False):
         super().__init__()
         self.attention = nn.Sequential(nn.Linear(FEATURE_CHANNELS, 1), nn.Sigmoid())
         self.beta = beta
         self.margin_rank = margin_rank
         self.margin_relabel = margin_relabel
         self.relabel_epoch = relabel_epoch
+        self.official = official
+        self.loader_hflip = not official
         self.relabelling = False
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (index, labels) the last step chose
         self.register_buffer("labels", labels.clone().long())  # (N,) current labels, relabelled in place
         self.register_buffer("given_labels", labels.clone().long())  # (N,) the labels the run started with
+        # (N,) the labels at the epoch's start, which the official recipe's steps read
+        self.register_buffer("epoch_labels", labels.clone().long(), persistent=False)
+        self.generator = _epoch_generator(0, 0, stream=3)
+        self.noise = PixelNoise(stream=3)
 
     def start_epoch(self, epoch: int, seed: int) -> None:
         self.relabelling = epoch >= self.relabel_epoch
+        self.epoch_labels.copy_(self.labels)
+        self.generator = _epoch_generator(seed, epoch, stream=3)
+        self.noise.start_epoch(seed, epoch)
 
     def end_step(self, index: torch.Tensor) -> None:
         # The relabelling is written here, after the backward: the step's forward and backward only read the
@@ -201,27 +296,39 @@ class ScnMethod(TrainingMethod):
             self.pending = None
         super().end_step(index)
 
+    def high_group_size(self, batch: int) -> int:
+        n = int(self.beta * batch) if self.official else int(round(self.beta * batch))
+        return max(1, min(batch - 1, n))
+
     def forward(self, model, images, labels, index):
+        if self.official:
+            images = basic_augmentation(images, self.generator, self.noise)
         logits, feat = model(images)  # (B, K), (B, C, h, w)
         pooled = feat.float().mean((2, 3))  # (B, C)
         alpha = self.attention(pooled).squeeze(1)  # (B,)
-        labels = self.labels[index]
-        loss_ce = F.cross_entropy(alpha.unsqueeze(1) * logits.float(), labels)
+        labels = (self.epoch_labels if self.official else self.labels)[index]
+        weighted = alpha.unsqueeze(1) * logits.float()
+        loss_ce = F.cross_entropy(weighted, labels)
         b = alpha.numel()
-        n_high = max(1, min(b - 1, int(round(self.beta * b))))
+        n_high = self.high_group_size(b)
         ranked = alpha.sort(descending=True).values
         loss_rr = F.relu(self.margin_rank - (ranked[:n_high].mean() - ranked[n_high:].mean()))
         changed = (self.labels != self.given_labels).sum()
         if self.relabelling:
             with torch.no_grad():
-                probs = torch.softmax(logits.float(), dim=1)
-                low = torch.zeros(b, dtype=torch.bool, device=alpha.device)
-                low[alpha.argsort(descending=True)[n_high:]] = True
+                if self.official:
+                    probs = torch.softmax(weighted, dim=1)
+                    considered = torch.ones(b, dtype=torch.bool, device=alpha.device)
+                else:
+                    probs = torch.softmax(logits.float(), dim=1)
+                    considered = torch.zeros(b, dtype=torch.bool, device=alpha.device)
+                    considered[alpha.argsort(descending=True)[n_high:]] = True
                 top_p, top_k = probs.max(1)
-                flip = low & (top_p - probs.gather(1, labels[:, None]).squeeze(1) > self.margin_relabel)
-                new_labels = torch.where(flip, top_k, labels)
+                flip = considered & (top_p - probs.gather(1, labels[:, None]).squeeze(1) > self.margin_relabel)
+                current = self.labels[index]
+                new_labels = torch.where(flip, top_k, current)
                 given = self.given_labels[index]
-                changed = changed - (labels != given).sum() + (new_labels != given).sum()
+                changed = changed - (current != given).sum() + (new_labels != given).sum()
             self.pending = (index, new_labels)  # written by end_step
         relabelled = changed.float() / self.labels.numel()  # fraction of the training set, after this step
         return loss_ce + loss_rr, {"ce": loss_ce.detach(), "rr": loss_rr.detach(), "relabelled": relabelled}
@@ -231,28 +338,60 @@ class RulMethod(TrainingMethod):
     """RUL: Zhang, Wang and Deng, "Relative Uncertainty Learning for Facial Expression Recognition",
     NeurIPS 2021 (reference code github.com/zyh-uaiaaaa/Relative-Uncertainty-Learning).
 
-    An uncertainty branch gives every sample a positive confidence c_i = softplus(MLP(f_i)) (the inverse
-    of its uncertainty). Samples are paired with a random permutation of the batch; each pair's pooled
-    features are mixed with weights set by their relative uncertainty, w_i = c_i / (c_i + c_j), and the
-    classifier must explain the mix with both labels (the "add-up" loss):
+    Every sample gets an uncertainty value; samples are paired with a random permutation of the batch, each
+    pair's features are mixed with weights set by the two values, and the classifier must explain the mix with
+    both labels (the "add-up" loss). At test time the classifier sees each image's own features, unmixed.
+    Under torchrun, samples are paired within each process's share of the batch.
+
+    `official=False` (the shared recipe): the features are the pooled 512-d ones and the classifier the model's
+    own `fc`; the branch is an MLP 512-128-1 with softplus giving a confidence c_i; the weights are
+    w_i = c_i / (c_i + c_j) and also weight the loss:
         L = mean_i [ w_i CE(fc(w_i f_i + w_j f_j), y_i) + w_j CE(fc(w_i f_i + w_j f_j), y_j) ].
-    A sample that is hard to fit lowers its confidence and so its weight. The branch is an MLP 512-128-1.
-    At test time the plain classifier is used on each image's own features. Under torchrun, samples are
-    paired within each process's share of the batch.
+
+    `official=True`, as its src/rul.py, src/utils.py and src/main.py train:
+    - the mixed and classified feature is a 64-d embedding of the whole layer4 map (model.EmbeddingResNet18:
+      batch norm without affine, dropout 0.4, flatten, linear to 64, batch norm), classified by a linear 64 -> K;
+    - the uncertainty branch has the same structure, its 64 outputs read as log-variances; a sample's value is
+      u_i = mean(exp(log-variance)) and its own feature's weight w_i = u_i / (u_i + u_j);
+    - the add-up loss weights the two labels 0.5 / 0.5: L = 0.5 CE(fc(mix), y_i) + 0.5 CE(fc(mix), y_j);
+    - Adam with the backbone and both branches at lr and the classifier at 10 x lr (2e-4 and 2e-3 in
+      config.RECIPES["rul"]), ExponentialLR(0.9) per epoch, batch 64;
+    - augmentation: no loader flips; half the images either mirrored or given Gaussian pixel noise (variance
+      30 on the 0-255 scale), a quarter each, then random erasing (p 0.5, area 2-25 %).
+    On a CPU under torchrun the branches' BatchNorm1d normalise with each process's share of the batch.
     """
 
     name = "rul"
+    CLASSIFIER_LR_SCALE = 10.0  # official recipe: the classifier's learning rate over the rest's
 
-    def __init__(self, hidden: int = 128):
+    def __init__(self, hidden: int = 128, official: bool = False, image_size: int = 224):
         super().__init__()
-        self.uncertainty = nn.Sequential(nn.Linear(FEATURE_CHANNELS, hidden), nn.ReLU(), nn.Linear(hidden, 1),
-                                         nn.Softplus())
+        self.official = official
+        self.loader_hflip = not official
+        if official:
+            self.uncertainty = embedding_branch(feature_map_size(image_size))
+        else:
+            self.uncertainty = nn.Sequential(nn.Linear(FEATURE_CHANNELS, hidden), nn.ReLU(), nn.Linear(hidden, 1),
+                                             nn.Softplus())
         self.generator = _epoch_generator(0, 0, stream=2)
+        self.augment_generator = _epoch_generator(0, 0, stream=4)
+        self.noise = PixelNoise(stream=4)
 
     def start_epoch(self, epoch: int, seed: int) -> None:
         self.generator = _epoch_generator(seed, epoch, stream=2)
+        self.augment_generator = _epoch_generator(seed, epoch, stream=4)
+        self.noise.start_epoch(seed, epoch)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        if not self.official:
+            return super().param_groups(model, lr)
+        head = list(model.fc.parameters())
+        rest = [p for p in model.parameters() if all(p is not q for q in head)] + list(self.parameters())
+        return [{"params": rest, "lr": lr}, {"params": head, "lr": lr * self.CLASSIFIER_LR_SCALE}]
 
     def forward(self, model, images, labels, index):
+        if self.official:
+            return self._official(model, images, labels)
         _, feat = model(images)  # (B, C, h, w)
         pooled = torch.flatten(model.avgpool(feat), 1)  # (B, C)
         confidence = self.uncertainty(pooled.float()).squeeze(1) + 1e-6  # (B,)
@@ -264,6 +403,19 @@ class RulMethod(TrainingMethod):
         loss = (w_self * F.cross_entropy(logits, labels, reduction="none")
                 + w_pair * F.cross_entropy(logits, labels[pair], reduction="none")).mean()
         return loss, {"mix": loss.detach(), "confidence": confidence.detach().mean()}
+
+    def _official(self, model, images, labels):
+        images = basic_augmentation(images, self.augment_generator, self.noise)
+        feat = model.features(images)  # (B, C, h, w)
+        embedding = model.embedding(feat).float()  # (B, 64)
+        uncertainty = self.uncertainty(feat).float().exp().mean(1)  # (B,)
+        pair = torch.randperm(labels.numel(), generator=self.generator).to(labels.device, non_blocking=True)
+        total = uncertainty + uncertainty[pair]
+        w_self, w_pair = uncertainty / total, uncertainty[pair] / total  # (B,)
+        mixed = w_self.unsqueeze(1) * embedding + w_pair.unsqueeze(1) * embedding[pair]  # (B, 64)
+        logits = model.fc(mixed).float()
+        loss = 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(logits, labels[pair])
+        return loss, {"mix": loss.detach(), "uncertainty": uncertainty.detach().mean()}
 
 
 def resolve_lambda_con(cfg: TrainConfig, noise_rate: float) -> float:
@@ -289,10 +441,12 @@ def build_method(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, noise
                           detach_weight=not cfg.cam_weight_grad, detach_original=cfg.detach_original,
                           use_elr=cfg.cls_loss == "elr", warmup_epochs=cfg.con_warmup_epochs,
                           piece_bn_stats=cfg.piece_bn_stats)
+    official = cfg.recipe == "official"
     if cfg.method == "eac":
-        return EacMethod(cfg.eac_lambda)
+        return EacMethod(cfg.eac_lambda, official=official, noisy_labels=noise_rate > 0)
     if cfg.method == "scn":
-        return ScnMethod(labels, cfg.scn_beta, cfg.scn_margin_rank, cfg.scn_margin_relabel, cfg.scn_relabel_epoch)
+        return ScnMethod(labels, cfg.scn_beta, cfg.scn_margin_rank, cfg.scn_margin_relabel, cfg.scn_relabel_epoch,
+                         official=official)
     if cfg.method == "rul":
-        return RulMethod()
+        return RulMethod(official=official, image_size=cfg.image_size)
     raise ValueError(f"unknown method {cfg.method!r}")

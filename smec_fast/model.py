@@ -25,6 +25,8 @@ class FerResNet18(ResNet):
     MS-Celeb-1M ResNet-18 state dicts load as they are. `fc.weight` is the CAM weight W of eq. 1.
     """
 
+    has_cam = True  # the classifier reads pooled features, so fc.weight maps features to class evidence
+
     def __init__(self, num_classes: int = 7):
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         self.num_classes = num_classes
@@ -41,6 +43,59 @@ class FerResNet18(ResNet):
     @property
     def cam_weight(self) -> torch.Tensor:
         return self.fc.weight  # (K, 512)
+
+
+def feature_map_size(image_size: int) -> int:
+    """Side of ResNet-18's layer4 map for a square input: every stride-2 stage rounds up (224 -> 7, 96 -> 3)."""
+    side = image_size
+    for _ in range(5):  # conv1, maxpool, layer2, layer3, layer4
+        side = (side + 1) // 2
+    return side
+
+
+def embedding_branch(feature_side: int, dim: int = 64, dropout: float = 0.4) -> nn.Sequential:
+    """RUL's branch from the layer4 map to a `dim`-d vector (its src/rul.py): batch norm without affine, dropout,
+    flatten of the whole C x h x w map, a linear layer, batch norm. No pooling, so no class activation map."""
+    return nn.Sequential(nn.BatchNorm2d(FEATURE_CHANNELS, eps=2e-5, affine=False), nn.Dropout(dropout),
+                         nn.Flatten(), nn.Linear(FEATURE_CHANNELS * feature_side * feature_side, dim),
+                         nn.BatchNorm1d(dim, eps=2e-5))
+
+
+NO_CAM = ("this model classifies RUL's embedding of the whole feature map (--method rul --recipe official), "
+          "which has no class activation map")
+
+
+class EmbeddingResNet18(FerResNet18):
+    """ResNet-18 classified through RUL's 64-d embedding of the flattened layer4 map (RUL's official recipe).
+
+    `forward` returns `(fc(embedding(features)) (B, K), features (B, 512, h, w))` like FerResNet18, so training,
+    evaluation and prediction treat both alike; the embedding fixes the input size (`image_size`). The classifier
+    reads a flattened map, not a pooled one, so there is no class activation map.
+    """
+
+    has_cam = False
+
+    def __init__(self, num_classes: int = 7, image_size: int = 224, dim: int = 64):
+        super().__init__(num_classes)
+        self.image_size = image_size
+        self.embedding = embedding_branch(feature_map_size(image_size), dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.features(x)  # (B, 512, h, w)
+        return self.fc(self.embedding(feat)), feat
+
+    @property
+    def cam_weight(self) -> torch.Tensor:
+        raise CheckpointError(NO_CAM)
+
+
+def build_model(method: str, recipe: str, num_classes: int, image_size: int) -> FerResNet18:
+    """The network a run of `method` with `recipe` trains: FerResNet18, or EmbeddingResNet18 for RUL's official
+    recipe."""
+    if method == "rul" and recipe == "official":
+        return EmbeddingResNet18(num_classes, image_size)
+    return FerResNet18(num_classes)
 
 
 # Layouts seen in public FER code: SCN/RUL wrap `resnet.children()[:-2]` in `features` (nn.Sequential),

@@ -14,7 +14,7 @@ import hashlib
 
 import torch
 
-__all__ = ["stream", "stream_seed"]
+__all__ = ["stream", "stream_seed", "device_stream"]
 
 
 def stream_seed(name: str, *keys: int) -> int:
@@ -26,3 +26,9 @@ def stream_seed(name: str, *keys: int) -> int:
 def stream(name: str, *keys: int) -> torch.Generator:
     """A CPU generator for stream `name` at `keys`."""
     return torch.Generator().manual_seed(stream_seed(name, *keys))
+
+
+def device_stream(name: str, device: torch.device | str, *keys: int) -> torch.Generator:
+    """A generator on `device` for stream `name` at `keys`, for draws as large as a batch of images (Gaussian
+    pixel noise), which a CPU generator would have to copy to an accelerator every step."""
+    return torch.Generator(device=device).manual_seed(stream_seed(name, *keys))

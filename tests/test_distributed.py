@@ -57,12 +57,16 @@ def _bn_worker(rank, world, port, x, grad, result_dir):
     share = x[rank::world].clone().requires_grad_()
     out = bn(share)
     out.backward(grad[rank::world])
+    plain = GlobalBatchNorm2d(3, affine=False)  # as in RUL's official branches
+    share_plain = x[rank::world].clone().requires_grad_()
+    plain(share_plain).backward(grad[rank::world])
     buffer = torch.zeros(8, 2)
     index = torch.tensor([rank, 4 + rank])
     buffer[index] = torch.tensor([[rank + 1.0, 0.5], [rank + 10.0, 1.5]])
     sync_rows_(buffer, index)
     torch.save({"out": out.detach(), "grad_x": share.grad, "grad_w": bn.weight.grad, "grad_b": bn.bias.grad,
-                "running_mean": bn.running_mean, "running_var": bn.running_var, "buffer": buffer},
+                "running_mean": bn.running_mean, "running_var": bn.running_var, "buffer": buffer,
+                "grad_x_plain": share_plain.grad, "running_var_plain": plain.running_var},
                Path(result_dir) / f"{rank}.pt")
     dist.destroy_process_group()
 
@@ -79,6 +83,9 @@ def test_global_batch_norm_and_row_sync_match_one_process(tmp_path):
     xr = x.clone().requires_grad_()
     out = reference(xr)
     out.backward(grad)
+    reference_plain = torch.nn.BatchNorm2d(3, affine=False)
+    xp = x.clone().requires_grad_()
+    reference_plain(xp).backward(grad)
     grad_w, grad_b = torch.zeros(3), torch.zeros(3)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"{rank}.pt")
@@ -86,6 +93,8 @@ def test_global_batch_norm_and_row_sync_match_one_process(tmp_path):
         torch.testing.assert_close(got["grad_x"], xr.grad[rank::2], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["running_mean"], reference.running_mean, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(got["running_var"], reference.running_var, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got["grad_x_plain"], xp.grad[rank::2], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["running_var_plain"], reference_plain.running_var, atol=1e-6, rtol=1e-6)
         grad_w += got["grad_w"]
         grad_b += got["grad_b"]
         expected = torch.zeros(8, 2)

@@ -178,6 +178,9 @@ class EpochLoader:
         self.num_shards = num_shards
         self.epoch = 0
         self.labels = split.labels.to(self.device)
+        # Training batches mirror half their images at random; a method whose recipe augments otherwise turns
+        # this off (the epoch's order stays the same: the coin flips are drawn and left unused).
+        self.hflip = True
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -194,8 +197,9 @@ class EpochLoader:
             self.train = train
 
     def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        return epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
-                             self.shard_id, self.num_shards)
+        batches = epoch_batches(len(self.split), self.batch_size, self.train, self.seed, self.epoch,
+                                self.shard_id, self.num_shards)
+        return batches if self.hflip else [(index, None) for index, _ in batches]
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.split), self.batch_size, self.train, self.shard_id, self.num_shards)

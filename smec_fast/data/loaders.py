@@ -71,12 +71,13 @@ def available_host_memory() -> int | None:
 
 
 def make_loader(kind: str, split: ImageSplit, image_size: int, batch_size: int, device: torch.device | str,
-                train: bool, seed: int = 0, num_workers: int = 2, shard_id: int = 0, num_shards: int = 1):
+                train: bool, seed: int = 0, num_workers: int = 2, shard_id: int = 0, num_shards: int = 1,
+                hflip: bool = True):
     """A loader of the given kind ("torch", "dali", "cached" or "auto" for default_loader's choice).
 
     All take the same arguments: the split, the square training size, the batch size, the training device,
     train (shuffle, flip half, drop the last incomplete batch) or not (split order, no flips, keep the last
-    partial batch), the seed of the per-epoch order and flips, the workers (DataLoader processes, DALI
+    partial batch), the seed of the per-epoch order and flips (`hflip=False`: the same order, no flips), the workers (DataLoader processes, DALI
     threads, or the cache's decoding processes), and this process's shard of the data.
     """
     device = torch.device(device)
@@ -90,8 +91,6 @@ def make_loader(kind: str, split: ImageSplit, image_size: int, batch_size: int, 
         log.info("the split is held in memory, with no image files for DALI to read: using the torch loader, "
                  "which keeps it on the device")
         kind = "torch"
-    if kind == "dali":
-        return DaliLoader(**args)
-    if kind == "cached":
-        return CachedLoader(**args)
-    return SplitLoader(**args)
+    loader = {"dali": DaliLoader, "cached": CachedLoader}.get(kind, SplitLoader)(**args)
+    loader.hflip = hflip
+    return loader
