@@ -33,9 +33,10 @@ COLUMNS = (  # (name, how to read it from a cell)
 )
 
 
-def collect(root: Path, rate: float = 0.4) -> list[tuple[str, str, list[dict]]]:
+def collect(root: Path, rate: float = 0.4, spec=ROWS) -> list[tuple[str, str, list[dict]]]:
+    """(row name, claim, cells sorted by seed) of each row of `spec` that has cells at `rate`."""
     rows = []
-    for folder, label, name, claim in ROWS:
+    for folder, label, name, claim in spec:
         path = root / folder / "sweep.json"
         if not path.exists():
             continue
@@ -64,7 +65,8 @@ def table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, path: Path) -> None:
+def plot(rows, path: Path, title: str = "FER2013, pretrained regime, 40 % noise: each seed (dot) and their "
+                                             "mean (bar)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,10 +85,16 @@ def plot(rows, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_title(column)
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle("FER2013, pretrained regime, 40 % noise: each seed (dot) and their mean (bar)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+NOTE = ("40 % noise; mean ± sample std over the seeds named (one value where one seed ran). Final and "
+        "balanced accuracy: last epoch; selected: test accuracy at the epoch of best validation accuracy; "
+        "best: maximum test accuracy over epochs (the paper's metric); noise AUROC: the label audit's "
+        "ranking of the flipped training labels.\n\n")
 
 
 def main(argv: list[str]) -> int:
@@ -95,11 +103,7 @@ def main(argv: list[str]) -> int:
     if not rows:
         print(f"{root}: no sweep.json with 40 % noise cells yet", file=sys.stderr)
         return 1
-    note = ("40 % noise; mean ± sample std over the seeds named (one value where one seed ran). Final and "
-            "balanced accuracy: last epoch; selected: test accuracy at the epoch of best validation accuracy; "
-            "best: maximum test accuracy over epochs (the paper's metric); noise AUROC: the label audit's "
-            "ranking of the flipped training labels.\n\n")
-    (root / "ablations.md").write_text(note + table(rows), encoding="utf-8")
+    (root / "ablations.md").write_text(NOTE + table(rows), encoding="utf-8")
     plot(rows, root / "ablations.png")
     print(table(rows), end="")
     return 0
