@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from smec_fast.data.loader import IMAGENET_MEAN, IMAGENET_STD
+from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def random_erasing(images: torch.Tensor, generator: torch.Generator, p: float = 0.5,

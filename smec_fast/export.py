@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from smec_fast.data.loader import IMAGENET_MEAN, IMAGENET_STD
+from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
 from smec_fast.errors import ConfigError, SmecFastError
 from smec_fast.inference import TrainedModel
 from smec_fast.io import atomic_write_json
@@ -104,7 +104,7 @@ def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") 
     import smec_fast
     from smec_fast.io import atomic_torch_save
     from smec_fast.model import HEAD_KEYS
-    from smec_fast.trainer import read_checkpoint
+    from smec_fast.checkpoint import read_checkpoint
 
     if head not in ("keep", "drop"):
         raise ConfigError(f"--head must be keep or drop, got {head!r}")

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from smec_fast.config import TrainConfig, config_from_dict
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from smec_fast.data.loader import decode_image_file, decode_rgb, normalize, pil_to_tensor
+from smec_fast.data.images import decode_image_file, decode_rgb, normalize, pil_to_tensor
 from smec_fast.errors import CheckpointError, DataError
 from smec_fast.kernels import cam
 from smec_fast.model import build_model
-from smec_fast.trainer import read_checkpoint
+from smec_fast.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 import smec_fast
 from smec_fast.audit import AUDIT_FILE, LabelAudit, class_probabilities
+from smec_fast.checkpoint import CHECKPOINT_FORMAT, SELECTED_FILE, read_checkpoint
 from smec_fast.config import TrainConfig, config_from_dict, describe_recipe, describe_split
 from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
 from smec_fast.distributed import (
@@ -43,7 +44,7 @@ from smec_fast.distributed import (
     shard_batch_size,
     teardown_distributed,
 )
-from smec_fast.errors import CheckpointError, ConfigError, SmecFastError, first_line
+from smec_fast.errors import ConfigError, SmecFastError, first_line
 from smec_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from smec_fast.kernels import set_kernel_backend
 from smec_fast.methods import build_method, narrowest_input_width, resolve_lambda_con
@@ -63,8 +64,6 @@ from smec_fast.split_merge import check_grid
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
-SELECTED_FILE = "selected.pt"
 # Options that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = {"out", "resume", "progress", "num_workers", "device", "epochs", "dist_timeout", "kernels",
                      "loader", "compile", "compile_mode", "channels_last", "amp", "profile", "tensorboard"}
@@ -450,19 +449,3 @@ def _selected_epoch(path: Path) -> int | None:
     if not path.is_file():
         return None
     return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", 0))
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by `train`, checked for its format."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file raises many kinds of errors
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a smec_fast checkpoint")
-    return state

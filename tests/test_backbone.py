@@ -9,7 +9,8 @@ from smec_fast.cli import main
 from smec_fast.config import resolve_config
 from smec_fast.errors import CheckpointError
 from smec_fast.model import FerResNet18, load_pretrained
-from smec_fast.trainer import read_checkpoint, train
+from smec_fast.checkpoint import read_checkpoint
+from smec_fast.trainer import train
 
 TINY = dict(image_size=40, synthetic_train_size=96, synthetic_test_size=32, batch_size=32, epochs=1,
             progress=False, num_workers=0, method="ce")

@@ -16,9 +16,10 @@ from PIL import Image
 
 from smec_fast.cli import main
 from smec_fast.config import resolve_config
-from smec_fast.data.loader import decode_image_file, normalize
+from smec_fast.data.images import decode_image_file, normalize
 from smec_fast.inference import load_trained_model
-from smec_fast.trainer import read_checkpoint, train
+from smec_fast.checkpoint import read_checkpoint
+from smec_fast.trainer import train
 
 TINY = dict(image_size=32, synthetic_train_size=160, synthetic_test_size=64, batch_size=32, epochs=2,
             progress=False, num_workers=0)

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from smec_fast.distributed import GlobalBatchNorm2d, sync_rows_
 from smec_fast.model import FerResNet18
-from smec_fast.trainer import read_checkpoint
+from smec_fast.checkpoint import read_checkpoint
 
 RUN = ["--image-size", "32", "--synthetic-train-size", "128", "--synthetic-test-size", "48", "--batch-size", "32",
        "--noise-rate", "0.3", "--progress", "false", "--num-workers", "0", "--dist-timeout", "60", "--lr", "1e-4"]

@@ -36,7 +36,8 @@ from smec_fast.data.align import ALIGNED_SIZE, TEMPLATE, similarity_fit, warp_ma
 from smec_fast.data.cache import CachedLoader, HostBatchBuffers
 from smec_fast.data.dali import dali_available
 from smec_fast.data.rafdb import load_rafdb, read_landmarks
-from smec_fast.data.loader import IMAGENET_MEAN, IMAGENET_STD, epoch_batches
+from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
+from smec_fast.data.loader import epoch_batches
 from smec_fast.data.loaders import LOADER_KINDS, default_loader, make_loader
 from smec_fast.data.validate import jpeg_problem, validate_split
 from smec_fast.errors import ConfigError, DataError

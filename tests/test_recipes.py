@@ -10,7 +10,7 @@ from torch import nn
 from smec_fast.augment import flip_or_noise_choice, gaussian_pixel_noise, random_erasing
 from smec_fast.config import RECIPES, describe_recipe, resolve_config
 from smec_fast.data import synthetic_split
-from smec_fast.data.loader import IMAGENET_MEAN, IMAGENET_STD
+from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
 from smec_fast.data.loaders import make_loader
 from smec_fast.errors import CheckpointError, ConfigError
 from smec_fast.methods import EacMethod, PixelNoise, RulMethod, ScnMethod, basic_augmentation, build_method

@@ -14,7 +14,8 @@ from smec_fast.config import resolve_config
 from smec_fast.data import loader as loader_module
 from smec_fast.data.noise import read_label_file
 from smec_fast.errors import ConfigError, DataError
-from smec_fast.trainer import read_checkpoint, train
+from smec_fast.checkpoint import read_checkpoint
+from smec_fast.trainer import train
 
 TINY = dict(image_size=32, synthetic_train_size=160, synthetic_test_size=64, batch_size=32, epochs=3,
             progress=False, num_workers=0)

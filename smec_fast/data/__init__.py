@@ -14,7 +14,8 @@ from smec_fast.seeding import stream
 from .cache import CachedLoader
 from .dali import DaliLoader, dali_available
 from .folder import load_folder
-from .loader import SplitLoader, decode_image_file, epoch_batches, normalize, random_hflip
+from .images import decode_image_file, normalize
+from .loader import SplitLoader, epoch_batches, random_hflip
 from .loaders import LOADER_KINDS, default_loader, make_loader
 from .noise import NoiseReport, labels_from_file, read_label_file, symmetric_noise, write_label_file
 from .rafdb import load_rafdb

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .loader import decode_rgb, pil_to_tensor, resize_like_reference
+from .images import decode_rgb, pil_to_tensor, resize_like_reference
 
 ALIGNED_SIZE = 100  # side of the aligned face, as RAF-DB's own aligned images
 # Five points of a frontal face in the 100 x 100 aligned frame, pixel positions (x, y): left eye, right eye,
@@ -119,7 +119,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def decode_aligned_image_file(path: Path, matrix: torch.Tensor, size: int | None) -> torch.Tensor:
     """(3, S, S) uint8: the photo decoded with PIL, warped to the 100 x 100 aligned frame by `matrix` (2, 3)
     and, when `size` is given and differs, resized with PIL's antialiased bilinear filter (as
-    loader.decode_image_file resizes)."""
+    images.decode_image_file resizes)."""
     photo = pil_to_tensor(decode_rgb(path)).unsqueeze(0)  # (1, 3, H, W)
     face = to_uint8(warp_reference(photo, matrix.unsqueeze(0)))[0]  # (3, 100, 100)
     if size is None or size == ALIGNED_SIZE:

@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from PIL import Image
 
-from .loader import IMAGENET_MEAN, IMAGENET_STD, EpochLoader, decode_rgb, pil_to_tensor, resize_like_reference
+from .images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, pil_to_tensor, resize_like_reference
+from .loader import EpochLoader
 from .split import ImageSplit
 
 log = logging.getLogger(__name__)

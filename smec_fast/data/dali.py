@@ -33,7 +33,8 @@ import torch
 from smec_fast.errors import ConfigError, DataError
 
 from .cache import HostBatchBuffers
-from .loader import IMAGENET_MEAN, IMAGENET_STD, EpochLoader, decode_image_file
+from .images import IMAGENET_MEAN, IMAGENET_STD, decode_image_file
+from .loader import EpochLoader
 from .split import ImageSplit
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130"

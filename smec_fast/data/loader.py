@@ -10,45 +10,16 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from smec_fast.errors import DataError, first_line
+from smec_fast.errors import DataError
 from smec_fast.seeding import stream
 
+from .align import decode_aligned_image_file, warp_matrices
+from .images import decode_image_file, normalize
 from .split import ImageSplit
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def decode_rgb(path: Path) -> Image.Image:
-    """The image file decoded with PIL and made RGB (greyscale, palette and RGBA alike); DataError names the
-    file when it cannot be."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: cannot decode image ({first_line(err)})") from None
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """(3, H, W) uint8 tensor of an RGB PIL image."""
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def resize_like_reference(image: Image.Image, size: int) -> Image.Image:
-    """PIL's antialiased bilinear resize to size x size: the reference every loader's resize is checked against."""
-    return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.BILINEAR)
-
-
-def decode_image_file(path: Path, size: int) -> torch.Tensor:
-    """(3, size, size) uint8 RGB image: decoded with PIL and resized with its antialiased bilinear filter."""
-    return pil_to_tensor(resize_like_reference(decode_rgb(path), size))
-
 
 class ImageFileDataset(Dataset):
     """(image uint8 (3, S, S), label, index) of an image-file split; index is the position in the split.
@@ -63,8 +34,6 @@ class ImageFileDataset(Dataset):
         self.image_size = image_size
         self.matrices = None  # (N, 2, 3) warp matrices of aligned splits
         if split.landmarks is not None:
-            from .align import warp_matrices
-
             self.matrices = warp_matrices(split.landmarks)
 
     def __len__(self) -> int:
@@ -72,8 +41,6 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, i: int):
         if self.matrices is not None:
-            from .align import decode_aligned_image_file
-
             image = decode_aligned_image_file(self.split.paths[i], self.matrices[i], self.image_size)
         else:
             image = decode_image_file(self.split.paths[i], self.image_size)
@@ -100,13 +67,6 @@ def collate_or_failure(samples: list):
     if samples and isinstance(samples[0], DecodeFailure):
         return samples[0]
     return default_collate(samples)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 normalised with ImageNet statistics."""
-    mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
 
 
 def random_hflip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:

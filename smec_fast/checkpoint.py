@@ -1,0 +1,29 @@
+"""The files a training run keeps its model in, and reading them back (for resuming, evaluation, prediction,
+export and audits alike)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from smec_fast.errors import CheckpointError, first_line
+
+CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
+SELECTED_FILE = "selected.pt"  # beside checkpoint.pt: the model of the epoch of best validation accuracy
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by `train`, checked for its format."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file raises many kinds of errors
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a smec_fast checkpoint")
+    return state
