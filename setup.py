@@ -29,8 +29,10 @@ setup(
     ],
     extras_require={
         "export": ["onnx", "onnxscript"],
+        # face detection: facenet-pytorch itself is installed with --no-deps (its metadata pins torch < 2.3)
+        "detect": ["requests"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard"],
+        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cam", metavar="DIR", help="also write one PNG per image: the predicted class's CAM")
     predict.add_argument("--skip-bad-images", action="store_true",
                          help="skip unreadable images with a warning instead of stopping")
+    predict.add_argument("--detect", action="store_true",
+                         help="find the faces in each photo (MTCNN, five landmarks), align each as the training "
+                              "faces are aligned and classify it: one CSV row per face, and one per photo "
+                              "without a face")
+    predict.add_argument("--jsonl", metavar="FILE", help="with --detect: also write the rows as JSON lines")
+    predict.add_argument("--annotate", metavar="DIR", help="with --detect: a copy of each photo with boxes, "
+                                                           "landmarks, class and probability drawn on it")
+    predict.add_argument("--min-face", type=int, default=20, help="with --detect: smallest face side in pixels")
+    predict.add_argument("--min-score", type=float, default=0.9,
+                         help="with --detect: smallest detector confidence kept (default 0.9)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", default="auto")
     _common(predict)
@@ -269,6 +279,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from smec_fast.trainer import resolve_device
 
     _positive(args.batch_size, "--batch-size")
+    if args.detect:
+        return _predict_detected(args)
+    for option in ("jsonl", "annotate"):
+        if getattr(args, option):
+            raise ConfigError(f"--{option} needs --detect")
     trained = load_trained_model(args.checkpoint, resolve_device(args.device))
     if args.cam and not trained.model.has_cam:
         from smec_fast.model import NO_CAM
@@ -297,6 +312,81 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{len(predictions)} images classified -> {args.out}"
           + (f"; CAM overlays in {args.cam}" if args.cam else "")
           + (f"; {len(skipped)} unreadable images skipped" if skipped else ""))
+    return 0
+
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+def _predict_detected(args: argparse.Namespace) -> int:
+    """`predict --detect`: every face of every photo, one row each; photos without a face or unreadable get a
+    row that says so."""
+    import json
+
+    from smec_fast.faces import FaceDetector
+    from smec_fast.inference import annotate_photo, list_images, load_trained_model, predict_photo_faces
+    from smec_fast.io import atomic_write_bytes, atomic_write_text
+    from smec_fast.trainer import resolve_device
+
+    if args.cam:
+        raise ConfigError("--cam is not available with --detect yet; use --annotate")
+    if not 0.0 <= args.min_score <= 1.0:
+        raise ConfigError(f"--min-score must be in [0, 1], got {args.min_score}")
+    _positive(args.min_face, "--min-face")
+    device = resolve_device(args.device)
+    detector = FaceDetector(device, min_face_size=args.min_face, min_score=args.min_score)
+    trained = load_trained_model(args.checkpoint, device)
+    root = Path(args.images)
+    files = list_images(root)
+    photos = predict_photo_faces(trained, files, detector, args.batch_size, progress=sys.stderr.isatty())
+    names = list(trained.class_names)
+    rows = []
+    for photo in photos:
+        base = {"file": str(photo.path)}
+        if photo.problem is not None:
+            rows.append({**base, "face": None, "status": photo.problem})
+            continue
+        if not photo.faces:
+            rows.append({**base, "face": None, "status": "no face found"})
+            continue
+        for i, (face, probs) in enumerate(zip(photo.faces, photo.probabilities)):
+            row = {**base, "face": i, "status": "ok", "score": round(face.score, 6),
+                   "box": [round(v, 2) for v in face.box],
+                   "landmarks": {n: [round(x, 2), round(y, 2)] for n, (x, y) in zip(LANDMARK_NAMES,
+                                                                                    face.landmarks.tolist())},
+                   "predicted": names[int(probs.argmax())],
+                   "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}}
+            rows.append(row)
+    header = ["file", "face", "status", "score", "x0", "y0", "x1", "y1",
+              *(f"{n}_{axis}" for n in LANDMARK_NAMES for axis in "xy"), "predicted", *names]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in rows:
+        if row["status"] != "ok":
+            writer.writerow([row["file"], "", row["status"]] + [""] * (len(header) - 3))
+            continue
+        writer.writerow([row["file"], row["face"], "ok", f"{row['score']:.6f}", *row["box"],
+                         *(v for n in LANDMARK_NAMES for v in row["landmarks"][n]), row["predicted"],
+                         *(f"{row['probabilities'][n]:.6f}" for n in names)])
+    atomic_write_text(args.out, buffer.getvalue())
+    if args.jsonl:
+        atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
+    if args.annotate:
+        for photo in photos:
+            if photo.problem is not None:
+                continue
+            relative = photo.path.relative_to(root) if root.is_dir() else Path(photo.path.name)
+            png = io.BytesIO()
+            annotate_photo(photo.path, photo, trained.class_names).save(png, format="PNG")
+            atomic_write_bytes(Path(args.annotate) / relative.with_name(relative.name + ".png"), png.getvalue())
+    faces = sum(len(p.faces) for p in photos)
+    empty = sum(1 for p in photos if p.problem is None and not p.faces)
+    unreadable = sum(1 for p in photos if p.problem is not None)
+    print(f"{faces} faces in {len(photos) - unreadable} photos classified -> {args.out}"
+          + (f"; {empty} photos without a face" if empty else "")
+          + (f"; {unreadable} unreadable files listed" if unreadable else "")
+          + (f"; annotated copies in {args.annotate}" if args.annotate else ""))
     return 0
 
 

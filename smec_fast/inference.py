@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from smec_fast.config import TrainConfig, config_from_dict
 from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from smec_fast.checkpoint import read_checkpoint
+from smec_fast.config import TrainConfig, config_from_dict
 from smec_fast.data.images import decode_image_file, decode_rgb, normalize, pil_to_tensor
 from smec_fast.errors import CheckpointError, DataError
 from smec_fast.kernels import cam
 from smec_fast.model import build_model
-from smec_fast.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +201,75 @@ def cam_panels(models: list[TrainedModel], sources: list[Path | torch.Tensor], l
                         f"pred {trained.class_names[predicted]} {100 * probs[predicted]:.0f}%"))
         rows.append(row)
     return rows
+
+
+@dataclass
+class PhotoFaces:
+    """The faces found in one photo and the model's class probabilities for each (K,), or why there are none."""
+
+    path: Path
+    faces: list  # of smec_fast.faces.Face, most confident first
+    probabilities: list[torch.Tensor]
+    problem: str | None = None  # the photo could not be read: why
+
+
+@torch.no_grad()
+def predict_photo_faces(trained: TrainedModel, files: list[Path], detector, batch_size: int = 32,
+                        progress: bool = False) -> list[PhotoFaces]:
+    """Detect the faces of every photo, align each as the training faces are aligned, and classify them;
+    faces of many photos go through the network together, `batch_size` at a time. A photo that cannot be read
+    gets a PhotoFaces with `problem` set instead of stopping the others."""
+    from tqdm.auto import tqdm
+
+    from smec_fast.faces import align_face
+
+    device = next(trained.model.parameters()).device
+    results: list[PhotoFaces] = []
+    pending: list[tuple[PhotoFaces, torch.Tensor]] = []  # (photo, aligned face) not classified yet
+
+    def classify() -> None:
+        if not pending:
+            return
+        x = normalize(torch.stack([face for _, face in pending]).to(device))  # (B, 3, S, S)
+        logits, _ = trained.model(x)
+        for (photo, _), p in zip(pending, torch.softmax(logits.float(), dim=1).cpu()):
+            photo.probabilities.append(p)
+        pending.clear()
+
+    for path in tqdm(files, desc="photos", disable=not progress, dynamic_ncols=True):
+        try:
+            image = decode_rgb(path)
+        except DataError as err:
+            results.append(PhotoFaces(path, [], [], problem=str(err)))
+            continue
+        photo = PhotoFaces(path, detector.detect(image), [])
+        results.append(photo)
+        pixels = pil_to_tensor(image) if photo.faces else None
+        for face in photo.faces:
+            pending.append((photo, align_face(pixels, face, trained.image_size)))
+            if len(pending) >= batch_size:
+                classify()
+    classify()
+    return results
+
+
+def annotate_photo(path: Path, photo: PhotoFaces, class_names: tuple[str, ...]) -> "Image.Image":
+    """A copy of the photo with each face's box, landmarks, class and probability drawn on it."""
+    from PIL import ImageDraw, ImageFont
+
+    image = decode_rgb(path)
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 300))
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))
+    for face, probs in zip(photo.faces, photo.probabilities):
+        x0, y0, x1, y1 = face.box
+        draw.rectangle([x0, y0, x1, y1], outline=(255, 210, 0), width=width)
+        for x, y in face.landmarks.tolist():
+            draw.ellipse([x - width, y - width, x + width, y + width], fill=(0, 200, 255))
+        k = int(probs.argmax())
+        text = f"{class_names[k]} {100 * probs[k]:.0f}%"
+        left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
+        shift = bottom - top + 2 * width
+        draw.rectangle([left, top - shift, right + 2 * width, bottom - shift], fill=(255, 210, 0))
+        draw.text((x0 + width, y0 - shift), text, fill=(0, 0, 0), font=font)
+    return image

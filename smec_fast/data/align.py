@@ -116,12 +116,17 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.round().clamp(0, 255).to(torch.uint8)
 
 
-def decode_aligned_image_file(path: Path, matrix: torch.Tensor, size: int | None) -> torch.Tensor:
-    """(3, S, S) uint8: the photo decoded with PIL, warped to the 100 x 100 aligned frame by `matrix` (2, 3)
-    and, when `size` is given and differs, resized with PIL's antialiased bilinear filter (as
-    images.decode_image_file resizes)."""
-    photo = pil_to_tensor(decode_rgb(path)).unsqueeze(0)  # (1, 3, H, W)
-    face = to_uint8(warp_reference(photo, matrix.unsqueeze(0)))[0]  # (3, 100, 100)
+def align_photo(photo: torch.Tensor, matrix: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """(3, S, S) uint8: the face of `photo` (3, H, W) uint8 warped to the 100 x 100 aligned frame by `matrix`
+    (2, 3, from `warp_matrices`) and, when `size` is given and differs, resized with PIL's antialiased bilinear
+    filter (as images.decode_image_file resizes). Landmarks from an annotation file (RAF-DB) and from the face
+    detector (smec_fast.faces) both come through here."""
+    face = to_uint8(warp_reference(photo.unsqueeze(0), matrix.unsqueeze(0)))[0]  # (3, 100, 100)
     if size is None or size == ALIGNED_SIZE:
         return face
     return pil_to_tensor(resize_like_reference(Image.fromarray(face.permute(1, 2, 0).numpy()), size))  # (3, S, S)
+
+
+def decode_aligned_image_file(path: Path, matrix: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(3, S, S) uint8: the photo decoded with PIL and aligned by `matrix` (align_photo)."""
+    return align_photo(pil_to_tensor(decode_rgb(path)), matrix, size)
