@@ -1,4 +1,4 @@
-"""Command line: `smec-fast train | evaluate | predict | audit | export | backbone | sweep | cam | noise |
+"""Command line: `smec-fast train | evaluate | predict | audit | export | backbone | sweep | align | cam | noise |
 synth-rafdb`.
 
 Every TrainConfig field is an option of `train` (`--batch-size 32` or `--batch_size 32`); a YAML/JSON file
@@ -155,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(sweep, exclude=("method", "noise_rate", "seed", "out", "resume"))
     sweep.set_defaults(func=cmd_sweep)
 
+    align = sub.add_parser("align", allow_abbrev=False, help="detect and align the faces of a tree of photos",
+                           description="Find the face in every photo under SRC (MTCNN, five landmarks), align it as "
+                           "the training faces are aligned and write it to the same place under DST as a PNG, so "
+                           "that `train --dataset folder --data DST` trains on a class-folder tree of raw photos. "
+                           "A photo with several faces keeps the most confident; photos without a face or that "
+                           "cannot be read are listed in DST/align.json and DST/align.csv. Resumable: the same "
+                           "command finishes an interrupted run.")
+    align.add_argument("src", help="folder of photos (e.g. train/<class>/*.jpg and test/<class>/*.jpg)")
+    align.add_argument("dst", help="folder to write the aligned faces to (outside SRC)")
+    align.add_argument("--size", type=int, default=100, help="side of the aligned faces (default 100, RAF-DB's)")
+    align.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="processes (default: one per core)")
+    align.add_argument("--min-face", type=int, default=20, help="smallest face side in pixels (default 20)")
+    align.add_argument("--min-score", type=float, default=0.9, help="smallest detector confidence (default 0.9)")
+    align.add_argument("--progress", choices=("true", "false"), default="true")
+    _common(align)
+    align.set_defaults(func=cmd_align)
+
     figure = sub.add_parser("cam", allow_abbrev=False, help="CAM overlays of several models side by side (Fig. 4)")
     figure.add_argument("checkpoints", nargs="+", help="checkpoints to compare, e.g. a CE run and a SMEC run")
     figure.add_argument("--images", help="image file or folder (default: test images of the first checkpoint's "
@@ -274,7 +292,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from smec_fast.inference import cam_overlay, display_image, list_images, load_trained_model, predict_files
+    from smec_fast.data.images import list_images
+    from smec_fast.inference import cam_overlay, display_image, load_trained_model, predict_files
     from smec_fast.io import atomic_write_bytes, atomic_write_text
     from smec_fast.trainer import resolve_device
 
@@ -324,7 +343,8 @@ def _predict_detected(args: argparse.Namespace) -> int:
     import json
 
     from smec_fast.faces import FaceDetector
-    from smec_fast.inference import annotate_photo, list_images, load_trained_model, predict_photo_faces
+    from smec_fast.data.images import list_images
+    from smec_fast.inference import annotate_photo, load_trained_model, predict_photo_faces
     from smec_fast.io import atomic_write_bytes, atomic_write_text
     from smec_fast.trainer import resolve_device
 
@@ -387,6 +407,22 @@ def _predict_detected(args: argparse.Namespace) -> int:
           + (f"; {empty} photos without a face" if empty else "")
           + (f"; {unreadable} unreadable files listed" if unreadable else "")
           + (f"; annotated copies in {args.annotate}" if args.annotate else ""))
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from smec_fast.faces import align_tree
+
+    _positive(args.workers, "--workers")
+    _positive(args.min_face, "--min-face")
+    if not 0.0 <= args.min_score <= 1.0:
+        raise ConfigError(f"--min-score must be in [0, 1], got {args.min_score}")
+    report = align_tree(args.src, args.dst, args.size, args.workers, args.min_face, args.min_score,
+                        progress=args.progress == "true")
+    print(f"{report['aligned']} of {report['photos']} photos aligned -> {args.dst}; "
+          f"{len(report['several_faces'])} with several faces (the most confident kept), "
+          f"{len(report['no_face'])} without a face, {len(report['unreadable'])} unreadable "
+          f"(listed in {Path(args.dst) / 'align.json'})")
     return 0
 
 
@@ -472,7 +508,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
     import torch
 
     from smec_fast.data import load_split
-    from smec_fast.inference import cam_panels, list_images, load_trained_model
+    from smec_fast.data.images import list_images
+    from smec_fast.inference import cam_panels, load_trained_model
     from smec_fast.plots import save_cam_grid
     from smec_fast.trainer import resolve_device
 

@@ -11,7 +11,11 @@ installed without its dependencies so that it cannot replace the installed torch
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -90,3 +94,123 @@ def align_face(photo: torch.Tensor | Image.Image, face: Face, size: int | None =
     if isinstance(photo, Image.Image):
         photo = pil_to_tensor(photo)
     return align_photo(photo, warp_matrices(face.landmarks.unsqueeze(0))[0], size)
+
+
+ALIGN_CSV = "align.csv"
+ALIGN_REPORT = "align.json"
+RECORDS_DIR = ".align-records"  # one JSON per photo done, so that an interrupted `align` resumes
+ALIGN_COLUMNS = ("file", "output", "status", "faces", "score", "x0", "y0", "x1", "y1",
+                 *(f"{n}_{axis}" for n in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+                   for axis in "xy"))
+
+_worker_detector: FaceDetector | None = None
+
+
+def kept_face(faces: list[Face]) -> Face:
+    """The face `align` keeps from a photo with several: the most confident, the larger box on a tie."""
+    return max(faces, key=lambda f: (f.score, (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+
+
+def _init_worker(min_face_size: int, min_score: float) -> None:
+    global _worker_detector
+    torch.set_num_threads(1)  # the processes share the cores
+    _worker_detector = FaceDetector(min_face_size=min_face_size, min_score=min_score)
+
+
+def _align_one(job: tuple[str, str, str, str, int]) -> dict:
+    """Align one photo (in a worker): write its aligned face and its record; returns the record."""
+    from smec_fast.data.images import decode_rgb
+    from smec_fast.errors import DataError
+    from smec_fast.io import atomic_write_bytes, atomic_write_json
+
+    source, relative, output, record_path, size = job
+    record = {"file": relative, "output": "", "faces": 0}
+    try:
+        photo = decode_rgb(Path(source))
+    except DataError as err:
+        record["status"] = f"unreadable: {err}"
+    else:
+        faces = _worker_detector.detect(photo)
+        record["faces"] = len(faces)
+        if not faces:
+            record["status"] = "no face"
+        else:
+            face = kept_face(faces)
+            aligned = align_face(photo, face, size)  # (3, S, S)
+            png = io.BytesIO()
+            Image.fromarray(aligned.permute(1, 2, 0).numpy()).save(png, format="PNG")
+            atomic_write_bytes(output, png.getvalue())
+            record.update(status="aligned" if len(faces) == 1 else "several faces, the most confident kept",
+                          output=str(Path(output).name), score=face.score, box=list(face.box),
+                          landmarks=face.landmarks.tolist())
+    atomic_write_json(record_path, record)
+    return record
+
+
+def align_tree(src: str | Path, dst: str | Path, size: int = 100, workers: int = 1, min_face_size: int = 20,
+               min_score: float = 0.9, progress: bool = True) -> dict:
+    """Detect and align the face of every photo under `src` into the same tree under `dst`, as PNG files of
+    size x size (`--dataset folder --data DST` then trains on them). Photos with several faces keep the most
+    confident one (kept_face); photos without a face or that cannot be read get no output and are listed.
+    Writes `dst/align.csv` (one row per photo: status, faces found, the kept face's score, box and landmarks in
+    the photo) and `dst/align.json` (counts and the lists); resumes after an interruption (photos with a record
+    in `dst/.align-records/` are not done again). Returns align.json's content."""
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    from smec_fast.data.images import list_images
+    from smec_fast.errors import ConfigError
+    from smec_fast.io import atomic_write_json, atomic_write_text
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise ConfigError(f"align: {src} is not a folder")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ConfigError(f"align: the output folder {dst} must lie outside {src}")
+    if size < 8:
+        raise ConfigError(f"--size must be at least 8, got {size}")
+    files = list_images(src)
+    jobs, outputs = [], {}
+    for path in files:
+        relative = path.relative_to(src)
+        output = dst / relative.with_suffix(".png")
+        if output in outputs:
+            raise ConfigError(f"align: {relative} and {outputs[output]} would both be written as {output}")
+        outputs[output] = relative
+        record = dst / RECORDS_DIR / relative.with_name(relative.name + ".json")
+        jobs.append((str(path), relative.as_posix(), str(output), str(record), size))
+    todo = [job for job in jobs if not Path(job[3]).is_file()]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="photos", disable=not progress,
+               dynamic_ncols=True)
+    if workers <= 1:
+        _init_worker(min_face_size, min_score)
+        for job in todo:
+            _align_one(job)
+            bar.update()
+    else:
+        with get_context("spawn").Pool(workers, _init_worker, (min_face_size, min_score)) as pool:
+            for _ in pool.imap_unordered(_align_one, todo, chunksize=4):
+                bar.update()
+    bar.close()
+
+    records = [json.loads(Path(job[3]).read_text(encoding="utf-8")) for job in jobs]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(ALIGN_COLUMNS)
+    for r in records:
+        kept = [f"{r['score']:.6f}", *(f"{v:.2f}" for v in r["box"]),
+                *(f"{v:.2f}" for point in r["landmarks"] for v in point)] if "score" in r else [""] * 15
+        writer.writerow([r["file"], r["output"], r["status"], r["faces"], *kept])
+    atomic_write_text(dst / ALIGN_CSV, buffer.getvalue())
+    report = {
+        "source": str(src), "size": size, "min_face_size": min_face_size, "min_score": min_score,
+        "photos": len(records),
+        "aligned": sum(1 for r in records if r["output"]),
+        "several_faces": [r["file"] for r in records if r["faces"] > 1],
+        "no_face": [r["file"] for r in records if r["status"] == "no face"],
+        "unreadable": [r["file"] for r in records if r["status"].startswith("unreadable")],
+        "rule": "several faces: the most confident is kept (the larger box on a tie)",
+    }
+    atomic_write_json(dst / ALIGN_REPORT, report)
+    return report

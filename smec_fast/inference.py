@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from smec_fast.checkpoint import read_checkpoint
 from smec_fast.config import TrainConfig, config_from_dict
@@ -70,19 +69,6 @@ def check_classes(trained: TrainedModel, class_names: tuple[str, ...], source: s
     if tuple(class_names) != trained.class_names:
         raise DataError(f"{source} has classes {', '.join(class_names)} but {trained.path} was trained on "
                         f"{', '.join(trained.class_names)}")
-
-
-def list_images(path: str | Path) -> list[Path]:
-    """An image file, or the image files under a folder (recursively, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    if not files:
-        raise DataError(f"{path}: no image files ({', '.join(sorted(IMG_EXTENSIONS))}) in this folder")
-    return files
 
 
 @dataclass

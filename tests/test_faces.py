@@ -184,3 +184,51 @@ def test_missing_detector_names_the_install(monkeypatch, checkpoint, tmp_path, c
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--detect"]) == 2
     assert "pip install --no-deps facenet-pytorch==2.6.0" in capsys.readouterr().err
+
+
+def test_align_turns_a_tree_of_photos_into_a_trainable_tree_and_resumes(crops, tmp_path, capsys):
+    from smec_fast.cli import main
+    from smec_fast.data import load_folder
+
+    src, dst = tmp_path / "raw", tmp_path / "aligned"
+    for split in ("train", "test"):
+        for k, cls in enumerate(("happy", "neutral")):
+            folder = src / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                crop = crops[6 * k + i + (2 if split == "test" else 0)]
+                photo, _ = compose([crop], [(160 + 20 * i, 150, 150, 10 * i)], size=(320, 300), seed=10 * k + i)
+                photo.save(folder / f"{i}.jpg")
+    two, _ = compose(crops[4:6], [(110, 150, 120, 0), (250, 150, 150, 0)], size=(360, 300), seed=99)
+    two.save(src / "train" / "happy" / "pair.jpg")
+    Image.new("RGB", (200, 200), (200, 190, 180)).save(src / "train" / "neutral" / "wall.png")
+    (src / "train" / "neutral" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+
+    assert main(["align", str(src), str(dst), "--size", "48", "--workers", "2", "--progress", "false"]) == 0
+    report = json.loads((dst / "align.json").read_text())
+    assert report["photos"] == 11 and report["several_faces"] == ["train/happy/pair.jpg"]
+    assert report["unreadable"] == ["train/neutral/broken.jpg"]
+    # the blank wall, and at most one real face missed (recall 88 % on such photos)
+    assert "train/neutral/wall.png" in report["no_face"] and len(report["no_face"]) <= 2
+    assert report["aligned"] == 11 - 1 - len(report["no_face"])
+    rows = {r["file"]: r for r in csv.DictReader((dst / "align.csv").open())}
+    pair = rows["train/happy/pair.jpg"]
+    assert pair["faces"] == "2" and 0.9 <= float(pair["score"]) <= 1
+    assert 180 < (float(pair["x0"]) + float(pair["x1"])) / 2 < 320  # the larger, clearer face on the right
+    assert Image.open(dst / "train" / "happy" / "pair.png").size == (48, 48)
+    assert not (dst / "train" / "neutral" / "wall.png").exists()
+    assert f"{report['aligned']} of 11 photos aligned" in capsys.readouterr().out
+
+    # an interrupted run: one photo's record and output gone; the rest are not redone
+    kept = dst / "train" / "happy" / "0.png"
+    before = kept.stat().st_mtime_ns
+    (dst / ".align-records" / "train" / "happy" / "1.jpg.json").unlink()
+    (dst / "train" / "happy" / "1.png").unlink(missing_ok=True)
+    assert main(["align", str(src), str(dst), "--size", "48", "--workers", "1", "--progress", "false"]) == 0
+    assert kept.stat().st_mtime_ns == before
+    assert json.loads((dst / "align.json").read_text()) == report
+
+    train_split = load_folder(dst, "train")
+    assert train_split.class_names == ("happy", "neutral") and len(train_split) == report["aligned"] - sum(
+        1 for r in rows.values() if r["file"].startswith("test/") and r["output"])
+    assert main(["align", str(src), str(src / "inside")]) == 2

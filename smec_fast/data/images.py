@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from smec_fast.errors import DataError, first_line
 
@@ -45,3 +46,16 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
     std = images.new_tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """An image file, or the image files under a folder (recursively, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise DataError(f"{path}: no image files ({', '.join(sorted(IMG_EXTENSIONS))}) in this folder")
+    return files
