@@ -30,9 +30,9 @@ setup(
     extras_require={
         "export": ["onnx", "onnxscript"],
         # face detection: facenet-pytorch itself is installed with --no-deps (its metadata pins torch < 2.3)
-        "detect": ["requests"],
+        "detect": ["requests", "av"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests"],
+        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests", "av"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

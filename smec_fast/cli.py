@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from smec_fast.config import FIELDS, coerce, grid_text, load_config_file, resolve_config, unknown_key_message
-from smec_fast.errors import ConfigError, SmecFastError, first_line
+from smec_fast.errors import ConfigError, DataError, SmecFastError, first_line
 
 PROG = "smec-fast"
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", allow_abbrev=False, help="classify images, optionally with CAM overlays")
     predict.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    predict.add_argument("images", help="an image file, or a folder searched recursively for images")
+    predict.add_argument("images", help="an image file, or a folder searched recursively for images; with "
+                                        "--detect also a video file, or a folder's videos")
     predict.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     predict.add_argument("--cam", metavar="DIR", help="also write one PNG per image: the predicted class's CAM")
     predict.add_argument("--skip-bad-images", action="store_true",
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--annotate", metavar="DIR", help="with --detect: a copy of each photo with boxes, "
                                                            "landmarks, class and probability drawn on it")
     predict.add_argument("--min-face", type=int, default=20, help="with --detect: smallest face side in pixels")
+    predict.add_argument("--fps", type=float, help="with --detect, for videos: frames per second to classify "
+                                                   "(default: every frame)")
     predict.add_argument("--min-score", type=float, default=0.9,
                          help="with --detect: smallest detector confidence kept (default 0.9)")
     predict.add_argument("--batch-size", type=int, default=32)
@@ -337,75 +340,129 @@ def cmd_predict(args: argparse.Namespace) -> int:
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
+def _detect_inputs(root: Path) -> tuple[list[Path], list[Path]]:
+    """(photos, videos) of `root`: one file, or those under a folder (recursively, sorted)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from smec_fast.inference import VIDEO_EXTENSIONS
+
+    if root.is_file():
+        return ([], [root]) if root.suffix.lower() in VIDEO_EXTENSIONS else ([root], [])
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    photos = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
+    if not photos and not videos:
+        raise DataError(f"{root}: no image or video files in this folder")
+    return photos, videos
+
+
+def _face_rows(photo, names: list[str]) -> list[dict]:
+    """The rows of one photo or frame: one per face, or one saying why there is none."""
+    base = {"file": str(photo.path), "frame": photo.frame, "time_s": None if photo.time is None else round(photo.time, 4)}
+    if photo.problem is not None:
+        return [{**base, "face": None, "status": photo.problem}]
+    if not photo.faces:
+        return [{**base, "face": None, "status": "no face found"}]
+    return [{**base, "face": i, "status": "ok", "score": round(face.score, 6), "box": [round(v, 2) for v in face.box],
+             "landmarks": {n: [round(x, 2), round(y, 2)] for n, (x, y) in zip(LANDMARK_NAMES, face.landmarks.tolist())},
+             "predicted": names[int(probs.argmax())],
+             "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}}
+            for i, (face, probs) in enumerate(zip(photo.faces, photo.probabilities))]
+
+
 def _predict_detected(args: argparse.Namespace) -> int:
-    """`predict --detect`: every face of every photo, one row each; photos without a face or unreadable get a
-    row that says so."""
+    """`predict --detect`: every face of every photo and of every sampled video frame, one row each; photos and
+    frames without a face, and unreadable files, get a row that says so."""
     import json
 
+    from tqdm.auto import tqdm
+
     from smec_fast.faces import FaceDetector
-    from smec_fast.data.images import list_images
-    from smec_fast.inference import annotate_photo, load_trained_model, predict_photo_faces
+    from smec_fast.inference import (
+        VideoWriter,
+        annotate_photo,
+        classify_faces,
+        load_trained_model,
+        predict_photo_faces,
+        video_frames,
+        video_rate,
+    )
     from smec_fast.io import atomic_write_bytes, atomic_write_text
     from smec_fast.trainer import resolve_device
 
     if args.cam:
-        raise ConfigError("--cam is not available with --detect yet; use --annotate")
+        raise ConfigError("--cam is not available with --detect; use --annotate")
     if not 0.0 <= args.min_score <= 1.0:
         raise ConfigError(f"--min-score must be in [0, 1], got {args.min_score}")
+    if args.fps is not None and args.fps <= 0:
+        raise ConfigError(f"--fps must be positive, got {args.fps}")
     _positive(args.min_face, "--min-face")
+    root = Path(args.images)
+    photos_in, videos = _detect_inputs(root)
     device = resolve_device(args.device)
     detector = FaceDetector(device, min_face_size=args.min_face, min_score=args.min_score)
     trained = load_trained_model(args.checkpoint, device)
-    root = Path(args.images)
-    files = list_images(root)
-    photos = predict_photo_faces(trained, files, detector, args.batch_size, progress=sys.stderr.isatty())
     names = list(trained.class_names)
-    rows = []
-    for photo in photos:
-        base = {"file": str(photo.path)}
-        if photo.problem is not None:
-            rows.append({**base, "face": None, "status": photo.problem})
-            continue
-        if not photo.faces:
-            rows.append({**base, "face": None, "status": "no face found"})
-            continue
-        for i, (face, probs) in enumerate(zip(photo.faces, photo.probabilities)):
-            row = {**base, "face": i, "status": "ok", "score": round(face.score, 6),
-                   "box": [round(v, 2) for v in face.box],
-                   "landmarks": {n: [round(x, 2), round(y, 2)] for n, (x, y) in zip(LANDMARK_NAMES,
-                                                                                    face.landmarks.tolist())},
-                   "predicted": names[int(probs.argmax())],
-                   "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}}
-            rows.append(row)
-    header = ["file", "face", "status", "score", "x0", "y0", "x1", "y1",
+    show = sys.stderr.isatty()
+
+    def annotated_path(path: Path, suffix: str) -> Path:
+        relative = path.relative_to(root) if root.is_dir() else Path(path.name)
+        return Path(args.annotate) / relative.with_name(relative.name + suffix)
+
+    rows, counts = [], {"faces": 0, "empty": 0, "unreadable": 0, "bad_photos": 0, "frames": 0}
+    for photo in predict_photo_faces(trained, photos_in, detector, args.batch_size, progress=show):
+        rows += _face_rows(photo, names)
+        counts["faces"] += len(photo.faces)
+        counts["empty"] += photo.problem is None and not photo.faces
+        counts["unreadable"] += photo.problem is not None
+        counts["bad_photos"] += photo.problem is not None
+        if args.annotate and photo.problem is None:
+            png = io.BytesIO()
+            annotate_photo(photo.path, photo, trained.class_names).save(png, format="PNG")
+            atomic_write_bytes(annotated_path(photo.path, ".png"), png.getvalue())
+    for video in videos:
+        writer = None
+        try:
+            frames = classify_faces(trained, video_frames(video, args.fps), detector, args.batch_size)
+            for frame, image in tqdm(frames, desc=video.name, disable=not show, dynamic_ncols=True):
+                rows += _face_rows(frame, names)
+                counts["faces"] += len(frame.faces)
+                counts["frames"] += 1
+                if args.annotate:
+                    if writer is None:
+                        writer = VideoWriter(annotated_path(video, ".mp4"), args.fps or video_rate(video))
+                    writer.write(annotate_photo(image, frame, trained.class_names))
+        except DataError as err:
+            from smec_fast.inference import PhotoFaces
+
+            rows += _face_rows(PhotoFaces(video, [], [], problem=str(err)), names)
+            counts["unreadable"] += 1
+        finally:
+            if writer is not None:
+                writer.close()
+    header = ["file", "frame", "time_s", "face", "status", "score", "x0", "y0", "x1", "y1",
               *(f"{n}_{axis}" for n in LANDMARK_NAMES for axis in "xy"), "predicted", *names]
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
+    table = csv.writer(buffer)
+    table.writerow(header)
     for row in rows:
+        lead = [row["file"], "" if row["frame"] is None else row["frame"], "" if row["time_s"] is None else row["time_s"]]
         if row["status"] != "ok":
-            writer.writerow([row["file"], "", row["status"]] + [""] * (len(header) - 3))
+            table.writerow([*lead, "", row["status"]] + [""] * (len(header) - 5))
             continue
-        writer.writerow([row["file"], row["face"], "ok", f"{row['score']:.6f}", *row["box"],
-                         *(v for n in LANDMARK_NAMES for v in row["landmarks"][n]), row["predicted"],
-                         *(f"{row['probabilities'][n]:.6f}" for n in names)])
+        table.writerow([*lead, row["face"], "ok", f"{row['score']:.6f}", *row["box"],
+                        *(v for n in LANDMARK_NAMES for v in row["landmarks"][n]), row["predicted"],
+                        *(f"{row['probabilities'][n]:.6f}" for n in names)])
     atomic_write_text(args.out, buffer.getvalue())
     if args.jsonl:
         atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
-    if args.annotate:
-        for photo in photos:
-            if photo.problem is not None:
-                continue
-            relative = photo.path.relative_to(root) if root.is_dir() else Path(photo.path.name)
-            png = io.BytesIO()
-            annotate_photo(photo.path, photo, trained.class_names).save(png, format="PNG")
-            atomic_write_bytes(Path(args.annotate) / relative.with_name(relative.name + ".png"), png.getvalue())
-    faces = sum(len(p.faces) for p in photos)
-    empty = sum(1 for p in photos if p.problem is None and not p.faces)
-    unreadable = sum(1 for p in photos if p.problem is not None)
-    print(f"{faces} faces in {len(photos) - unreadable} photos classified -> {args.out}"
-          + (f"; {empty} photos without a face" if empty else "")
-          + (f"; {unreadable} unreadable files listed" if unreadable else "")
+    read = len(photos_in) - counts["bad_photos"]
+    where = f"{read} photos" + (f" and {counts['frames']} frames of {len(videos)} videos" if videos else "")
+    print(f"{counts['faces']} faces in {where} classified -> {args.out}"
+          + (f"; {counts['empty']} photos without a face" if counts["empty"] else "")
+          + (f"; {counts['unreadable']} unreadable files listed" if counts["unreadable"] else "")
           + (f"; annotated copies in {args.annotate}" if args.annotate else ""))
     return 0
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from smec_fast.checkpoint import read_checkpoint
 from smec_fast.config import TrainConfig, config_from_dict
 from smec_fast.data.images import decode_image_file, decode_rgb, normalize, pil_to_tensor
-from smec_fast.errors import CheckpointError, DataError
+from smec_fast.errors import CheckpointError, DataError, first_line
 from smec_fast.kernels import cam
 from smec_fast.model import build_model
 
@@ -191,59 +191,149 @@ def cam_panels(models: list[TrainedModel], sources: list[Path | torch.Tensor], l
 
 @dataclass
 class PhotoFaces:
-    """The faces found in one photo and the model's class probabilities for each (K,), or why there are none."""
+    """The faces found in one photo (or video frame) and the model's class probabilities for each (K,), or why
+    there are none."""
 
     path: Path
     faces: list  # of smec_fast.faces.Face, most confident first
     probabilities: list[torch.Tensor]
     problem: str | None = None  # the photo could not be read: why
+    frame: int | None = None  # a video's frame: its index in the stream
+    time: float | None = None  # and its time in seconds
+
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 
 
 @torch.no_grad()
-def predict_photo_faces(trained: TrainedModel, files: list[Path], detector, batch_size: int = 32,
-                        progress: bool = False) -> list[PhotoFaces]:
-    """Detect the faces of every photo, align each as the training faces are aligned, and classify them;
-    faces of many photos go through the network together, `batch_size` at a time. A photo that cannot be read
-    gets a PhotoFaces with `problem` set instead of stopping the others."""
-    from tqdm.auto import tqdm
-
+def classify_faces(trained: TrainedModel, photos, detector, batch_size: int = 32):
+    """For each (PhotoFaces, RGB PIL image or None) of `photos`: detect the faces, align each as the training
+    faces are aligned, and classify them, the faces of many photos together, `batch_size` at a time. Yields the
+    pairs in their order once their faces are classified; an image of None (unreadable) passes through."""
     from smec_fast.faces import align_face
 
     device = next(trained.model.parameters()).device
-    results: list[PhotoFaces] = []
+    waiting: list[tuple[PhotoFaces, object]] = []  # in order, not yielded yet
     pending: list[tuple[PhotoFaces, torch.Tensor]] = []  # (photo, aligned face) not classified yet
 
     def classify() -> None:
-        if not pending:
-            return
-        x = normalize(torch.stack([face for _, face in pending]).to(device))  # (B, 3, S, S)
-        logits, _ = trained.model(x)
-        for (photo, _), p in zip(pending, torch.softmax(logits.float(), dim=1).cpu()):
-            photo.probabilities.append(p)
-        pending.clear()
+        if pending:
+            x = normalize(torch.stack([face for _, face in pending]).to(device))  # (B, 3, S, S)
+            logits, _ = trained.model(x)
+            for (photo, _), p in zip(pending, torch.softmax(logits.float(), dim=1).cpu()):
+                photo.probabilities.append(p)
+            pending.clear()
 
-    for path in tqdm(files, desc="photos", disable=not progress, dynamic_ncols=True):
-        try:
-            image = decode_rgb(path)
-        except DataError as err:
-            results.append(PhotoFaces(path, [], [], problem=str(err)))
-            continue
-        photo = PhotoFaces(path, detector.detect(image), [])
-        results.append(photo)
-        pixels = pil_to_tensor(image) if photo.faces else None
-        for face in photo.faces:
-            pending.append((photo, align_face(pixels, face, trained.image_size)))
-            if len(pending) >= batch_size:
-                classify()
+    for photo, image in photos:
+        if image is not None:
+            photo.faces = detector.detect(image)
+            pixels = pil_to_tensor(image) if photo.faces else None
+            pending += [(photo, align_face(pixels, face, trained.image_size)) for face in photo.faces]
+        waiting.append((photo, image))
+        if len(pending) >= batch_size or len(waiting) >= batch_size:
+            classify()
+            yield from waiting
+            waiting.clear()
     classify()
-    return results
+    yield from waiting
 
 
-def annotate_photo(path: Path, photo: PhotoFaces, class_names: tuple[str, ...]) -> "Image.Image":
-    """A copy of the photo with each face's box, landmarks, class and probability drawn on it."""
+def _photos(files: list[Path]):
+    for path in files:
+        try:
+            yield PhotoFaces(path, [], []), decode_rgb(path)
+        except DataError as err:
+            yield PhotoFaces(path, [], [], problem=str(err)), None
+
+
+def predict_photo_faces(trained: TrainedModel, files: list[Path], detector, batch_size: int = 32,
+                        progress: bool = False) -> list[PhotoFaces]:
+    """The faces of every photo, classified (classify_faces). A photo that cannot be read gets a PhotoFaces with
+    `problem` set instead of stopping the others."""
+    from tqdm.auto import tqdm
+
+    done = classify_faces(trained, _photos(files), detector, batch_size)
+    return [photo for photo, _ in tqdm(done, total=len(files), desc="photos", disable=not progress,
+                                       dynamic_ncols=True)]
+
+
+def video_frames(path: Path, fps: float | None = None):
+    """(PhotoFaces for the frame, RGB PIL image) of a video's frames, read with PyAV; with `fps`, the first frame
+    at or after every 1 / fps seconds. DataError names the file when it cannot be read as a video."""
+    try:
+        import av
+    except ImportError:
+        raise DataError(f"{path}: reading videos needs PyAV: pip install -e \".[detect]\"") from None
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read it as a video ({first_line(err)})") from None
+    with container:
+        if not container.streams.video:
+            raise DataError(f"{path}: holds no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        due = 0.0
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
+                if fps is not None:
+                    if t + 1e-6 < due:
+                        continue
+                    while due <= t + 1e-6:
+                        due += 1.0 / fps
+                yield PhotoFaces(path, [], [], frame=index, time=t), frame.to_image()
+        except av.FFmpegError as err:
+            raise DataError(f"{path}: the video breaks off ({first_line(err)})") from None
+
+
+def video_rate(path: Path) -> float:
+    """A video's average frame rate (frames per second), 25 where the file does not say."""
+    import av
+
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+    return float(rate) if rate else 25.0
+
+
+class VideoWriter:
+    """Annotated frames into an H.264 MP4 (MPEG-4 part 2 where the PyAV build lacks libx264)."""
+
+    def __init__(self, path: Path, rate: float):
+        import av
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        from fractions import Fraction
+
+        self.stream = self.container.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
+        self.stream.pix_fmt = "yuv420p"
+        self.size = None
+
+    def write(self, image) -> None:
+        import av
+
+        if self.size is None:  # yuv420p needs even sides
+            self.size = (image.width - image.width % 2, image.height - image.height % 2)
+            self.stream.width, self.stream.height = self.size
+        if image.size != self.size:
+            image = image.crop((0, 0, *self.size))
+        for packet in self.stream.encode(av.VideoFrame.from_image(image)):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+def annotate_photo(image, photo: PhotoFaces, class_names: tuple[str, ...]):
+    """A copy of the photo (an RGB PIL image, or its file) with each face's box, landmarks, class and probability
+    drawn on it."""
     from PIL import ImageDraw, ImageFont
 
-    image = decode_rgb(path)
+    image = decode_rgb(image) if isinstance(image, Path) else image.copy()
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
     font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))

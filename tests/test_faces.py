@@ -232,3 +232,45 @@ def test_align_turns_a_tree_of_photos_into_a_trainable_tree_and_resumes(crops, t
     assert train_split.class_names == ("happy", "neutral") and len(train_split) == report["aligned"] - sum(
         1 for r in rows.values() if r["file"].startswith("test/") and r["output"])
     assert main(["align", str(src), str(src / "inside")]) == 2
+
+
+def _write_video(path, frames, rate=6):
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(frame)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_predict_detect_on_a_video_samples_frames_and_writes_an_annotated_video(checkpoint, crops, tmp_path):
+    import av
+
+    from smec_fast.cli import main
+
+    frames = [compose([crops[0]], [(140 + 8 * i, 130, 150, 0)], size=(320, 240), seed=5)[0] for i in range(12)]
+    clip = tmp_path / "clip.mp4"
+    _write_video(clip, frames)  # 12 frames at 6 fps: 2 s
+    out = tmp_path / "video.csv"
+    assert main(["predict", str(checkpoint), str(clip), "--detect", "--fps", "2", "--out", str(out),
+                 "--annotate", str(tmp_path / "annotated")]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["frame"] for r in rows if r["face"] in ("", "0")] == ["0", "3", "6", "9"]  # t = 0, 0.5, 1, 1.5 s
+    assert [float(r["time_s"]) for r in rows if r["face"] in ("", "0")] == pytest.approx([0, 0.5, 1.0, 1.5])
+    found = [r for r in rows if r["status"] == "ok"]
+    assert len(found) >= 3
+    centres = [(float(r["x0"]) + float(r["x1"])) / 2 for r in found]
+    assert centres == sorted(centres)  # the face moves right, 8 px a frame
+    with av.open(str(tmp_path / "annotated" / "clip.mp4.mp4")) as written:
+        decoded = list(written.decode(video=0))
+    assert len(decoded) == 4 and decoded[0].width == 320
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    assert main(["predict", str(checkpoint), str(broken), "--detect", "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader(out.open()))
+    assert "broken.mp4: cannot read it as a video" in row["status"]
