@@ -131,3 +131,16 @@ def test_pytest_benchmark_suite_runs_in_smoke_mode(tmp_path):
     names = {b["name"] for b in json.loads(saved.read_text())["benchmarks"]}
     assert names == {f"test_fused_op[2-{op}-{p}]" for op in ("consistency", "elr") for p in providers} | {
         "test_training_step[2-ce]", "test_training_step[2-smec]"}
+
+
+def test_bench_faces_rows(tmp_path, shared):
+    from smec_fast.faces import detector_available
+
+    if not detector_available():
+        pytest.skip("needs facenet-pytorch")
+    bench = load_script("bench_faces")
+    out = tmp_path / "faces.json"
+    assert bench.main(["--data", str(shared / "data" / "fer2013" / "val"), "--faces", "8", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["faces"] == 8 and 0 <= row["recall"] <= 1 and row["detect_photos_per_s"] > 0
+    assert row["landmark_error"]["faces"] <= 8 and row["cpu"]["model"]

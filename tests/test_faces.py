@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,31 +23,10 @@ from PIL import Image
 
 from smec_fast.faces import DETECTOR_INSTALL, FaceDetector, align_face, detector_available
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from faces_compose import compose, to_crop  # noqa: E402  (bench/faces_compose.py: test photos, shared with bench)
+
 pytestmark = pytest.mark.skipif(not detector_available(), reason=f"needs facenet-pytorch: {DETECTOR_INSTALL}")
-
-
-def compose(crops: list[Image.Image], places: list[tuple[float, float, int, float]], size=(480, 360), seed=0):
-    """A photo of `size` with each crop pasted at (centre x, centre y, side in pixels, angle in degrees
-    counter-clockwise) over blocky random clutter; returns the photo and each crop's map into it, (2, 3):
-    photo = A @ crop + t, in pixel positions."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    photo = Image.fromarray(rng.integers(0, 256, (h // 8, w // 8, 3)).astype("uint8")).resize(size, Image.NEAREST)
-    maps = []
-    for crop, (cx, cy, side, angle) in zip(crops, places):
-        face = crop.convert("RGB").resize((side, side), Image.BICUBIC).rotate(angle, Image.BICUBIC, expand=True)
-        mask = Image.new("L", (side, side), 255).rotate(angle, expand=True)
-        photo.paste(face, (round(cx - face.width / 2), round(cy - face.height / 2)), mask)
-        a = math.radians(-angle)  # counter-clockwise on screen is clockwise in (x right, y down) coordinates
-        rotation = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) * (side / crop.width)
-        shift = np.array([cx, cy]) - rotation @ (np.array(crop.size) / 2)
-        maps.append(np.concatenate([rotation, shift[:, None]], 1))
-    return photo, maps
-
-
-def to_crop(points: torch.Tensor, crop_map: np.ndarray) -> np.ndarray:
-    """Photo positions (5, 2) back to the crop's."""
-    return (np.linalg.inv(crop_map[:, :2]) @ (points.numpy() - crop_map[:, 2]).T).T
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +254,15 @@ def test_predict_detect_on_a_video_samples_frames_and_writes_an_annotated_video(
     assert main(["predict", str(checkpoint), str(broken), "--detect", "--out", str(out)]) == 0
     (row,) = list(csv.DictReader(out.open()))
     assert "broken.mp4: cannot read it as a video" in row["status"]
+
+
+def test_a_hundred_faces_in_one_photo_are_classified_in_batches(checkpoint, crops, detector, tmp_path):
+    from smec_fast.inference import load_trained_model, predict_photo_faces
+
+    places = [(50 + 100 * (k % 10), 50 + 100 * (k // 10), 72, 0) for k in range(100)]
+    photo, _ = compose([crops[k % len(crops)] for k in range(100)], places, size=(1000, 1000), seed=1)
+    photo.save(tmp_path / "crowd.jpg")
+    (result,) = predict_photo_faces(load_trained_model(checkpoint), [tmp_path / "crowd.jpg"], detector, batch_size=32)
+    assert 80 <= len(result.faces) <= 100 and len(result.probabilities) == len(result.faces)
+    cells = {(int((f.box[0] + f.box[2]) / 200), int((f.box[1] + f.box[3]) / 200)) for f in result.faces}
+    assert len(cells) == len(result.faces)  # one detection per placed face, none twice
