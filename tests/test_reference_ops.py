@@ -38,7 +38,11 @@ def test_consistency_is_exactly_zero_without_pixel_mixing(grid):
     _, feat = net(images)
     _, feat_pieces = net(split_and_flip(images, grid))
     loss = split_merge_consistency(feat, feat_pieces, net.fc.weight, grid)
-    assert loss.item() == 0.0
+    # Zero in exact arithmetic. A piece's narrower width can make the CPU's convolution pick another kernel,
+    # whose fp32 rounding differs from the whole image's (measured 1.3e-16 for the 4x4 grid on an AMD Zen 5, 0
+    # on Zen 4): a few fp32 roundoffs of the CAM's size, squared. A broken merge gives about 1 (below).
+    cam_size = torch.einsum("bchw,kc->bkhw", feat, net.fc.weight).abs().max().item()
+    assert loss.item() <= (8 * 2.0 ** -24 * cam_size) ** 2
 
 
 @pytest.mark.parametrize("grid", GRIDS)
