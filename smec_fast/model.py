@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from smec_fast.errors import CheckpointError, first_line
+from smec_fast.checkpoint import load_torch_file
+from smec_fast.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,7 @@ def _short(keys: list[str], n: int = 4) -> str:
 
 def read_weight_file(path: str | Path) -> dict:
     """torch.load a weight or checkpoint file safely (tensors and plain containers only)."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a weight file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch weight file ({first_line(err)})") from None
+    return load_torch_file(path, "weight file", "PyTorch weight file")
 
 
 def extract_state_dict(obj, path: str | Path) -> dict[str, torch.Tensor]:
