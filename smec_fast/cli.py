@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--jsonl", metavar="FILE", help="with --detect: also write the rows as JSON lines")
     predict.add_argument("--annotate", metavar="DIR", help="with --detect: a copy of each photo with boxes, "
                                                            "landmarks, class and probability drawn on it")
+    predict.add_argument("--annotate-cam", action="store_true",
+                         help="with --annotate: also paint each face's CAM of its predicted class where the face "
+                              "lies (the aligned frame the network saw, warped back into the photo)")
     predict.add_argument("--min-face", type=int, default=20, help="with --detect: smallest face side in pixels")
     predict.add_argument("--fps", type=float, help="with --detect, for videos: frames per second to classify "
                                                    "(default: every frame)")
@@ -303,9 +306,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _positive(args.batch_size, "--batch-size")
     if args.detect:
         return _predict_detected(args)
-    for option in ("jsonl", "annotate"):
+    for option in ("jsonl", "annotate", "annotate_cam"):
         if getattr(args, option):
-            raise ConfigError(f"--{option} needs --detect")
+            raise ConfigError(f"--{option.replace('_', '-')} needs --detect")
     trained = load_trained_model(args.checkpoint, resolve_device(args.device))
     if args.cam and not trained.model.has_cam:
         from smec_fast.model import NO_CAM
@@ -337,9 +340,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-
-
 def _detect_inputs(root: Path) -> tuple[list[Path], list[Path]]:
     """(photos, videos) of `root`: one file, or those under a folder (recursively, sorted)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -360,6 +360,8 @@ def _detect_inputs(root: Path) -> tuple[list[Path], list[Path]]:
 
 def _face_rows(photo, names: list[str]) -> list[dict]:
     """The rows of one photo or frame: one per face, or one saying why there is none."""
+    from smec_fast.faces import LANDMARK_NAMES
+
     base = {"file": str(photo.path), "frame": photo.frame, "time_s": None if photo.time is None else round(photo.time, 4)}
     if photo.problem is not None:
         return [{**base, "face": None, "status": photo.problem}]
@@ -379,7 +381,7 @@ def _predict_detected(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from smec_fast.faces import FaceDetector
+    from smec_fast.faces import FACE_COLUMNS, LANDMARK_NAMES, FaceDetector, face_cells
     from smec_fast.inference import (
         VideoWriter,
         annotate_photo,
@@ -393,7 +395,10 @@ def _predict_detected(args: argparse.Namespace) -> int:
     from smec_fast.trainer import resolve_device
 
     if args.cam:
-        raise ConfigError("--cam is not available with --detect; use --annotate")
+        raise ConfigError("--cam is for face crops; with --detect, --annotate DIR --annotate-cam paints each face's "
+                          "CAM on the annotated copies")
+    if args.annotate_cam and not args.annotate:
+        raise ConfigError("--annotate-cam needs --annotate DIR (the CAMs are painted on the annotated copies)")
     if not 0.0 <= args.min_score <= 1.0:
         raise ConfigError(f"--min-score must be in [0, 1], got {args.min_score}")
     if args.fps is not None and args.fps <= 0:
@@ -404,6 +409,10 @@ def _predict_detected(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     detector = FaceDetector(device, min_face_size=args.min_face, min_score=args.min_score)
     trained = load_trained_model(args.checkpoint, device)
+    if args.annotate_cam and not trained.model.has_cam:
+        from smec_fast.model import NO_CAM
+
+        raise ConfigError(f"--annotate-cam: {args.checkpoint}: {NO_CAM}")
     names = list(trained.class_names)
     show = sys.stderr.isatty()
 
@@ -412,7 +421,8 @@ def _predict_detected(args: argparse.Namespace) -> int:
         return Path(args.annotate) / relative.with_name(relative.name + suffix)
 
     rows, counts = [], {"faces": 0, "empty": 0, "unreadable": 0, "bad_photos": 0, "frames": 0}
-    for photo in predict_photo_faces(trained, photos_in, detector, args.batch_size, progress=show):
+    for photo in predict_photo_faces(trained, photos_in, detector, args.batch_size, progress=show,
+                                     cams=args.annotate_cam):
         rows += _face_rows(photo, names)
         counts["faces"] += len(photo.faces)
         counts["empty"] += photo.problem is None and not photo.faces
@@ -425,7 +435,8 @@ def _predict_detected(args: argparse.Namespace) -> int:
     for video in videos:
         writer = None
         try:
-            frames = classify_faces(trained, video_frames(video, args.fps), detector, args.batch_size)
+            frames = classify_faces(trained, video_frames(video, args.fps), detector, args.batch_size,
+                                    cams=args.annotate_cam)
             for frame, image in tqdm(frames, desc=video.name, disable=not show, dynamic_ncols=True):
                 rows += _face_rows(frame, names)
                 counts["faces"] += len(frame.faces)
@@ -442,8 +453,7 @@ def _predict_detected(args: argparse.Namespace) -> int:
         finally:
             if writer is not None:
                 writer.close()
-    header = ["file", "frame", "time_s", "face", "status", "score", "x0", "y0", "x1", "y1",
-              *(f"{n}_{axis}" for n in LANDMARK_NAMES for axis in "xy"), "predicted", *names]
+    header = ["file", "frame", "time_s", "face", "status", *FACE_COLUMNS, "predicted", *names]
     buffer = io.StringIO()
     table = csv.writer(buffer)
     table.writerow(header)
@@ -452,8 +462,8 @@ def _predict_detected(args: argparse.Namespace) -> int:
         if row["status"] != "ok":
             table.writerow([*lead, "", row["status"]] + [""] * (len(header) - 5))
             continue
-        table.writerow([*lead, row["face"], "ok", f"{row['score']:.6f}", *row["box"],
-                        *(v for n in LANDMARK_NAMES for v in row["landmarks"][n]), row["predicted"],
+        location = face_cells(row["score"], row["box"], [row["landmarks"][n] for n in LANDMARK_NAMES])
+        table.writerow([*lead, row["face"], "ok", *location, row["predicted"],
                         *(f"{row['probabilities'][n]:.6f}" for n in names)])
     atomic_write_text(args.out, buffer.getvalue())
     if args.jsonl:

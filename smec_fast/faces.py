@@ -96,12 +96,21 @@ def align_face(photo: torch.Tensor | Image.Image, face: Face, size: int | None =
     return align_photo(photo, warp_matrices(face.landmarks.unsqueeze(0))[0], size)
 
 
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+# The columns that locate one face in the CSV files of `predict --detect` and `align` (face_cells)
+FACE_COLUMNS = ("score", "x0", "y0", "x1", "y1", *(f"{n}_{axis}" for n in LANDMARK_NAMES for axis in "xy"))
+
+
+def face_cells(score: float, box, landmarks) -> list[str]:
+    """The FACE_COLUMNS cells of one face: the score to six decimals, the box and the five (x, y) landmarks in
+    photo pixels to two."""
+    return [f"{score:.6f}", *(f"{v:.2f}" for v in box), *(f"{v:.2f}" for point in landmarks for v in point)]
+
+
 ALIGN_CSV = "align.csv"
 ALIGN_REPORT = "align.json"
 RECORDS_DIR = ".align-records"  # one JSON per photo done, so that an interrupted `align` resumes
-ALIGN_COLUMNS = ("file", "output", "status", "faces", "score", "x0", "y0", "x1", "y1",
-                 *(f"{n}_{axis}" for n in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-                   for axis in "xy"))
+ALIGN_COLUMNS = ("file", "output", "status", "faces", *FACE_COLUMNS)
 
 _worker_detector: FaceDetector | None = None
 
@@ -199,8 +208,7 @@ def align_tree(src: str | Path, dst: str | Path, size: int = 100, workers: int =
     writer = csv.writer(buffer)
     writer.writerow(ALIGN_COLUMNS)
     for r in records:
-        kept = [f"{r['score']:.6f}", *(f"{v:.2f}" for v in r["box"]),
-                *(f"{v:.2f}" for point in r["landmarks"] for v in point)] if "score" in r else [""] * 15
+        kept = face_cells(r["score"], r["box"], r["landmarks"]) if "score" in r else [""] * len(FACE_COLUMNS)
         writer.writerow([r["file"], r["output"], r["status"], r["faces"], *kept])
     atomic_write_text(dst / ALIGN_CSV, buffer.getvalue())
     report = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -118,20 +118,59 @@ def predict_files(trained: TrainedModel, files: list[Path], batch_size: int = 32
     return predictions, skipped
 
 
-def cam_overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """A heat map of `cam_map` (h, w) blended over `image` (3, H, W) uint8; returns (3, H, W) uint8.
+def _heat(cam_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`cam_map` (h, w) upsampled bilinearly to `size` and scaled to [0, 1] by its own minimum and maximum, as CAM
+    figures usually are (Zhou et al., 2016; the paper's Fig. 4)."""
+    heat = F.interpolate(cam_map[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
 
-    The CAM is upsampled bilinearly to the image and scaled to [0, 1] by its own minimum and maximum, as
-    CAM figures usually are (Zhou et al., 2016; the paper's Fig. 4).
-    """
+
+def _blend_jet(image: torch.Tensor, heat: torch.Tensor, alpha: float) -> torch.Tensor:
+    """`heat` (H, W) in [0, 1], coloured with the jet map and blended over `image` (3, H, W) uint8 with weight
+    `alpha` (a number or an (H, W) tensor); returns (3, H, W) uint8."""
     import matplotlib
 
-    h, w = image.shape[-2:]
-    heat = F.interpolate(cam_map[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
     colored = torch.from_numpy(matplotlib.colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
     blended = (1 - alpha) * image.float() / 255 + alpha * colored
     return (blended.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def cam_overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """A heat map of `cam_map` (h, w) blended over `image` (3, H, W) uint8; returns (3, H, W) uint8."""
+    return _blend_jet(image, _heat(cam_map, tuple(image.shape[-2:])), alpha)
+
+
+def face_cam_overlay(image: torch.Tensor, landmarks: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5
+                     ) -> torch.Tensor:
+    """The CAM of one detected face painted where that face lies in its photo; returns a new (3, H, W) uint8.
+
+    The network saw the face in the aligned frame (the photo warped by the similarity transform that takes
+    `landmarks` (5, 2) onto the template, data.align), so its CAM `cam_map` (h, w) covers that frame; here it is
+    upsampled to the frame's 100 x 100 pixels and warped back into the photo by the inverse transform. Photo
+    pixels outside the warped frame are left as they are.
+    """
+    from smec_fast.data.align import ALIGNED_SIZE, warp_matrices
+
+    _, h, w = image.shape
+    frame_to_photo = warp_matrices(landmarks.unsqueeze(0))[0].double()  # (2, 3), corner coordinates
+    a, t = frame_to_photo[:, :2], frame_to_photo[:, 2]
+    corners = torch.tensor([[0, 0], [ALIGNED_SIZE, 0], [0, ALIGNED_SIZE], [ALIGNED_SIZE, ALIGNED_SIZE]],
+                           dtype=torch.float64) @ a.T + t  # (4, 2) the frame's corners in the photo
+    x0, y0 = (int(max(0, v)) for v in corners.min(0).values.floor().tolist())
+    x1, y1 = (int(min(n, v)) for n, v in zip((w, h), corners.max(0).values.ceil().tolist()))
+    if x1 <= x0 or y1 <= y0:
+        return image.clone()
+    ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=torch.float64) + 0.5,
+                            torch.arange(x0, x1, dtype=torch.float64) + 0.5, indexing="ij")
+    frame = (torch.stack([xs, ys], -1) - t) @ torch.linalg.inv(a).T  # (h', w', 2) frame corner coordinates
+    inside = ((frame >= 0) & (frame < ALIGNED_SIZE)).all(-1)
+    grid = (frame * (2.0 / ALIGNED_SIZE) - 1.0).to(torch.float32)[None]
+    heat = F.grid_sample(_heat(cam_map, (ALIGNED_SIZE, ALIGNED_SIZE))[None, None], grid, mode="bilinear",
+                         padding_mode="border", align_corners=False)[0, 0]
+    out = image.clone()
+    region = out[:, y0:y1, x0:x1]
+    out[:, y0:y1, x0:x1] = torch.where(inside, _blend_jet(region, heat, alpha), region)
+    return out
 
 
 def display_image(path: Path, min_side: int = 224, max_side: int = 512) -> torch.Tensor:
@@ -200,16 +239,18 @@ class PhotoFaces:
     problem: str | None = None  # the photo could not be read: why
     frame: int | None = None  # a video's frame: its index in the stream
     time: float | None = None  # and its time in seconds
+    cams: list[torch.Tensor] = field(default_factory=list)  # each face's (h, w) CAM of its class, if asked
 
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 
 
 @torch.no_grad()
-def classify_faces(trained: TrainedModel, photos, detector, batch_size: int = 32):
+def classify_faces(trained: TrainedModel, photos, detector, batch_size: int = 32, cams: bool = False):
     """For each (PhotoFaces, RGB PIL image or None) of `photos`: detect the faces, align each as the training
     faces are aligned, and classify them, the faces of many photos together, `batch_size` at a time. Yields the
-    pairs in their order once their faces are classified; an image of None (unreadable) passes through."""
+    pairs in their order once their faces are classified; an image of None (unreadable) passes through.
+    With `cams` (a model with CAMs), each face's CAM of its predicted class is kept too (PhotoFaces.cams)."""
     from smec_fast.faces import align_face
 
     device = next(trained.model.parameters()).device
@@ -219,9 +260,14 @@ def classify_faces(trained: TrainedModel, photos, detector, batch_size: int = 32
     def classify() -> None:
         if pending:
             x = normalize(torch.stack([face for _, face in pending]).to(device))  # (B, 3, S, S)
-            logits, _ = trained.model(x)
+            logits, feat = trained.model(x)
             for (photo, _), p in zip(pending, torch.softmax(logits.float(), dim=1).cpu()):
                 photo.probabilities.append(p)
+            if cams:
+                maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
+                chosen = maps[torch.arange(len(pending)), logits.argmax(1)].cpu()  # (B, h, w)
+                for (photo, _), m in zip(pending, chosen):
+                    photo.cams.append(m)
             pending.clear()
 
     for photo, image in photos:
@@ -247,12 +293,12 @@ def _photos(files: list[Path]):
 
 
 def predict_photo_faces(trained: TrainedModel, files: list[Path], detector, batch_size: int = 32,
-                        progress: bool = False) -> list[PhotoFaces]:
+                        progress: bool = False, cams: bool = False) -> list[PhotoFaces]:
     """The faces of every photo, classified (classify_faces). A photo that cannot be read gets a PhotoFaces with
     `problem` set instead of stopping the others."""
     from tqdm.auto import tqdm
 
-    done = classify_faces(trained, _photos(files), detector, batch_size)
+    done = classify_faces(trained, _photos(files), detector, batch_size, cams)
     return [photo for photo, _ in tqdm(done, total=len(files), desc="photos", disable=not progress,
                                        dynamic_ncols=True)]
 
@@ -330,10 +376,15 @@ class VideoWriter:
 
 def annotate_photo(image, photo: PhotoFaces, class_names: tuple[str, ...]):
     """A copy of the photo (an RGB PIL image, or its file) with each face's box, landmarks, class and probability
-    drawn on it."""
-    from PIL import ImageDraw, ImageFont
+    drawn on it, over each face's CAM where `photo.cams` holds them (face_cam_overlay)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     image = decode_rgb(image) if isinstance(image, Path) else image.copy()
+    if photo.cams:
+        pixels = pil_to_tensor(image)
+        for face, cam_map in zip(photo.faces, photo.cams):
+            pixels = face_cam_overlay(pixels, face.landmarks, cam_map)
+        image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
     font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))

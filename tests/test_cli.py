@@ -96,6 +96,35 @@ def test_predict_accepts_any_image_and_matches_the_model(run, face_folder, capsy
         assert png.size == (512, 410)  # long side capped at 512, aspect kept
 
 
+def test_a_faces_cam_is_painted_where_the_face_lies_in_the_photo():
+    """face_cam_overlay warps the CAM from the aligned frame back into the photo: a CAM with one hot cell must
+    light the photo where that cell of the frame lies, and only the warped frame's pixels may change."""
+    import math
+
+    from smec_fast.data.align import ALIGNED_SIZE, TEMPLATE
+    from smec_fast.inference import face_cam_overlay
+
+    scale, angle, shift = 1.3, math.radians(25), torch.tensor([60.0, 40.0], dtype=torch.float64)
+    a = scale * torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
+                             dtype=torch.float64)
+    landmarks = TEMPLATE @ a.T + shift  # the template moved into the photo (pixel positions)
+    photo = torch.full((3, 240, 220), 128, dtype=torch.uint8)
+    cam_map = torch.zeros(7, 7)
+    cam_map[2, 4] = 3.0  # bilinear upsampling makes a tent around the cell's centre, inside the frame
+    out = face_cam_overlay(photo, landmarks, cam_map)
+    changed = (out != photo).any(0)
+    red = ((out[0].double() - 0.5 * 128) / 0.5 / 255).clamp(min=0) * changed  # jet's red: heat above ~0.35
+    ys, xs = torch.meshgrid(torch.arange(240.0), torch.arange(220.0), indexing="ij")
+    found = torch.stack([(red * xs).sum(), (red * ys).sum()]).double() / red.sum()  # centre of the red blob
+    cell = torch.tensor([4.5, 2.5], dtype=torch.float64) * ALIGNED_SIZE / 7 - 0.5  # frame pixel position
+    assert torch.linalg.norm(found - (cell @ a.T + shift)) < 0.5
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    frame = (torch.stack([xs, ys], 1).double() + 0.5 - shift - 0.5) @ torch.linalg.inv(a).T + 0.5
+    assert ((frame > -1.5) & (frame < ALIGNED_SIZE + 1.5)).all()  # corner coordinates of the frame
+    area = (ALIGNED_SIZE * scale) ** 2
+    assert abs(changed.sum().item() - area) < 4 * ALIGNED_SIZE * scale  # the whole frame, give or take its edge
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_gives_the_checkpoints_outputs(run, capsys, tmp_path, fmt):
     out, _ = run

@@ -148,6 +148,33 @@ def test_predict_detect_writes_a_row_per_face_and_per_empty_or_bad_photo(checkpo
     assert "6 faces in 4 photos classified" in capsys.readouterr().out
 
 
+def test_annotate_cam_paints_inside_the_faces_only(checkpoint, crops, tmp_path, capsys):
+    from smec_fast.cli import main
+
+    photo, _ = compose(crops[:2], [(120, 180, 150, 0), (360, 180, 150, 5)], seed=3)
+    photo.save(tmp_path / "two.jpg")
+    assert main(["predict", str(checkpoint), str(tmp_path / "two.jpg"), "--detect", "--annotate-cam"]) == 2
+    assert "--annotate-cam needs --annotate DIR" in capsys.readouterr().err
+    for folder, extra in (("plain", []), ("cams", ["--annotate-cam"])):
+        assert main(["predict", str(checkpoint), str(tmp_path / "two.jpg"), "--detect", "--out",
+                     str(tmp_path / f"{folder}.csv"), "--annotate", str(tmp_path / folder), *extra]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "two.jpg.png"), dtype=np.int16)
+    cams = np.asarray(Image.open(tmp_path / "cams" / "two.jpg.png"), dtype=np.int16)
+    rows = list(csv.DictReader((tmp_path / "cams.csv").open()))
+    assert len(rows) == 2
+    changed = np.abs(cams - plain).max(-1) > 0
+    for row in rows:  # the CAM covers each face's middle, and nothing far from the faces changes
+        x0, y0, x1, y1 = (round(float(row[c])) for c in ("x0", "y0", "x1", "y1"))
+        cx, cy, q = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 4
+        assert changed[cy - q:cy + q, cx - q:cx + q].mean() > 0.9
+    near = np.zeros_like(changed)  # the aligned frame the network saw is larger than the detector's box
+    for row in rows:
+        x0, y0, x1, y1 = (float(row[c]) for c in ("x0", "y0", "x1", "y1"))
+        m = (x1 - x0) / 2
+        near[max(0, round(y0 - m)):round(y1 + m), max(0, round(x0 - m)):round(x1 + m)] = True
+    assert changed.any() and not (changed & ~near).any()
+
+
 def test_missing_detector_names_the_install(monkeypatch, checkpoint, tmp_path, capsys):
     import builtins
 
