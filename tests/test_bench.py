@@ -144,3 +144,6 @@ def test_bench_faces_rows(tmp_path, shared):
     row = json.loads(out.read_text())
     assert row["faces"] == 8 and 0 <= row["recall"] <= 1 and row["detect_photos_per_s"] > 0
     assert row["landmark_error"]["faces"] <= 8 and row["cpu"]["model"]
+    assert sum(v["faces"] for v in row["recall_by_side"].values()) == 8
+    with pytest.raises(SystemExit):  # MTCNN's figures are the top-level ones, so it must come first
+        bench.main(["--faces", "8", "--detectors", "mediapipe"])
