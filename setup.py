@@ -32,7 +32,7 @@ setup(
         # face detection: facenet-pytorch itself is installed with --no-deps (its metadata pins torch < 2.3)
         "detect": ["requests", "av"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests", "av"],
+        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests", "av"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

@@ -76,6 +76,12 @@ def kernel_test_device() -> str:
     return os.environ.get("TORCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Under pytest-xdist (the README's test command runs `-n auto`, a worker per core) each worker computes on one
+# thread: workers of several threads each on a 2-core machine spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # for the processes the tests start
+
 # torch.compile's on-disk cache is per test session: inductor's cache key leaves out the CPU capability
 # ATen runs with, so kernels cached by a run with ATEN_CPU_CAPABILITY=avx2 (the AVX2-only stand-in) abort
 # a later run without it on the same machine.

@@ -57,8 +57,10 @@ def colour_faces(tmp_path_factory):
 
 
 def _colour_run(out, data, **overrides):
-    values = dict(dataset="folder", data=str(data), out=str(out), image_size=32, batch_size=16, epochs=3,
-                  method="ce", lr=3e-4, progress=False, num_workers=0, noise_rate=0.2)
+    # 4 epochs at 2e-4: the model has learnt the colours and not yet the flipped labels in every setting measured
+    # (test_flipped_labels_rank_first); at 3e-4 the third epoch's model varied with the rounding (AUROC 0.94-1.0)
+    values = dict(dataset="folder", data=str(data), out=str(out), image_size=32, batch_size=16, epochs=4,
+                  method="ce", lr=2e-4, progress=False, num_workers=0, noise_rate=0.2)
     return train(resolve_config(cli_values={**values, **overrides}))
 
 
@@ -72,7 +74,8 @@ def test_flipped_labels_rank_first(noisy_run):
     out, metrics = noisy_run
     block = metrics["label_audit"]
     assert block["flipped"] == 24 and block["images"] == 120  # round(0.2 * 120) labels flipped
-    assert block["auroc"] > 0.9 and block["precision_at_k"] > 0.8, block  # measured 1.0 and 1.0
+    # measured on Zen 4, natively and capped to AVX2, on one and two threads: AUROC 0.98-1.0, precision 0.875-1.0
+    assert block["auroc"] > 0.9 and block["precision_at_k"] > 0.8, block
     rows = list(csv.DictReader((out / "label_audit.csv").open()))
     assert len(rows) == 120 and not list(out.glob(".*.tmp"))
     assert [int(r["rank"]) for r in rows] == list(range(1, 121))

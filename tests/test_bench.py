@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -120,8 +121,11 @@ def test_pytest_benchmark_suite_runs_in_smoke_mode(tmp_path):
     import subprocess
 
     saved = tmp_path / "bench.json"
+    # not a pytest-xdist worker's environment: pytest-benchmark would take itself for parallel and not time
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     result = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "--smoke", "-p", "no:cacheprovider",
-                             f"--benchmark-json={saved}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                             f"--benchmark-json={saved}"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for group in ("consistency fwd+bwd b=2", "elr fwd+bwd b=2", "training step b=2"):
         assert f"benchmark '{group}'" in result.stdout

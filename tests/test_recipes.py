@@ -18,6 +18,9 @@ from smec_fast.model import EmbeddingResNet18, FerResNet18, build_model, feature
 from smec_fast.seeding import stream
 from smec_fast.trainer import train
 
+# Under pytest-xdist these tests run in one worker: they share the official runs.
+pytestmark = pytest.mark.xdist_group("recipes")
+
 CE = nn.functional.cross_entropy
 
 
