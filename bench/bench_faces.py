@@ -12,14 +12,13 @@ Speed: photos per second of detection alone, and of detection, alignment and cla
     python bench/bench_faces.py --checkpoint /tmp/fer2013-pretrained/backbone-run/checkpoint.pt \
         --out bench/results/faces_cpu.json
 
-`--detectors mtcnn,mediapipe` also measures, on the same photos, the other candidate that ships its weights inside its wheel: MediaPipe's face
-mesh (legacy `solutions` API, mediapipe 0.10.21, the last release that bundles the models; it needs numpy < 2, so
-it runs in an environment of its own: `pip install mediapipe==0.10.21` into a copy of the project's venv;
-newer releases ship no models and download them at run time). Its
-five points are taken from the mesh (eye centres as the mean of each eye's corners and lids, nose tip, mouth
-corners), its box is the mesh's bounding box, and it gives no per-face score. The recall of MediaPipe's
-full-range face detector (BlazeFace, boxes and six keypoints but no mouth corners) on the same photos is reported
-beside it.
+`--detectors mtcnn,mediapipe` also measures, on the same photos, the other candidate that ships its weights inside
+its wheel: MediaPipe's face mesh (legacy `solutions` API, mediapipe 0.10.21, the last release that bundles the
+models; newer releases download them at run time). It needs numpy < 2, so it runs in an environment of its own:
+`pip install mediapipe==0.10.21` into a copy of the project's venv. Its five points are taken from the mesh (eye
+centres as the mean of each eye's corners and lids, nose tip, mouth corners), its box is the mesh's bounding box,
+and it gives no per-face score. The recall of MediaPipe's full-range face detector (BlazeFace: boxes and six
+keypoints, no mouth corners) on the same photos is reported beside it.
 
 With --checkpoint, every face is also classified from its crop as the training loaders prepare a crop (resized
 to the model's input, no alignment) and through detection and alignment; both accuracies against the faces'
@@ -153,11 +152,12 @@ def measure(detector, crops: list[Image.Image], scenes: list) -> tuple[dict, dic
             found[indices[hit]] = (faces[i], maps[hit])
         for k, (_, _, side, _) in enumerate(places):
             bucket = f"{40 * (side // 40)}-{40 * (side // 40) + 39}px"
-            n, hit = sides.get(bucket, (0, 0))
-            sides[bucket] = (n + 1, hit + (k in hits.values()))
+            placed, seen = sides.get(bucket, (0, 0))
+            sides[bucket] = (placed + 1, seen + (k in hits.values()))
     return {
         "recall": len(found) / len(crops), "false_detections": false_detections,
-        "recall_by_side": {b: {"faces": n, "recall": hit / n} for b, (n, hit) in sorted(sides.items())},
+        "recall_by_side": {b: {"faces": placed, "recall": seen / placed}
+                           for b, (placed, seen) in sorted(sides.items())},
         "reference_found": sum(r is not None for r in reference),
         "landmark_error": landmark_errors(found, reference),
         "detect_photos_per_s": len(scenes) / seconds,
