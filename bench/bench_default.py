@@ -9,7 +9,8 @@ consistency term: it must stay visibly nonzero), the training images/s and the p
 `--kinds` runs every candidate on this CPU as it is (`native`) and with oneDNN and ATen capped to AVX2
 (`avx2`: ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2), which runs the kernels an AVX2-only CPU (AMD Zen
 3) runs, in fp32 as `--amp auto` picks there, at this CPU's clock and cache: a stand-in for that kind, not a
-measurement of it. Rows are written as they come, so a run cut short keeps what it measured.
+measurement of it. Rows are added to `--out` as they come, after the rows earlier runs left there (other
+machines, other commits), so a run cut short keeps what it measured and nothing measured before is lost.
 
     python bench/bench_default.py                                  # every candidate, native and avx2
     python bench/bench_default.py --candidates current p48 --kinds avx2
@@ -90,13 +91,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = {**versions(), "git": git_sha(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": PRESETS["synthetic"]}
     print(f"# {describe_cpu()} | torch {env['torch']} | git {env['git']} | preset {PRESETS['synthetic']}")
+    earlier = read_rows(args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             for name in args.candidates:
                 row = {**run_candidate(name, kind, Path(tmp), shlex.split(args.extra)), **env}
                 rows.append(row)
-                atomic_write_json(args.out, rows)
+                atomic_write_json(args.out, earlier + rows)
                 print(f"{kind:6s} {name:22s} {row['wall_s']:7.1f} s  balanced {row['final_balanced_accuracy']:5.1f} % "
                       f"(best {row['best_balanced_accuracy']:5.1f})  acc {row['final_accuracy']:5.1f} %  L_con "
                       f"{row['l_con_first_epoch']:.4f} -> {row['l_con_last_epoch']:.4f}  "
@@ -110,8 +112,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["time_ratio_to_first"] = row["wall_s"] / base["wall_s"]
                 print(f"{kind:6s} {row['candidate']:22s} {row['time_ratio_to_first']:.2f}x the time of "
                       f"{base['candidate']}")
-    atomic_write_json(args.out, rows)
-    print(f"wrote {args.out}")
+    atomic_write_json(args.out, earlier + rows)
+    print(f"wrote {len(rows)} rows to {args.out} after its {len(earlier)} earlier ones")
+    return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows a results file holds already ([] when there is none); a file that is not a list of rows is
+    refused rather than overwritten."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{path}: not a JSON list of rows ({error}); give another --out") from None
+    if not isinstance(rows, list):
+        raise SystemExit(f"{path}: not a JSON list of rows; give another --out")
     return rows
 
 

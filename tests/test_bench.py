@@ -82,13 +82,18 @@ def test_bench_train_skips_emulated_bf16_unless_asked(tmp_path, monkeypatch, cap
 def test_bench_default_runs_the_candidates_side_by_side(tmp_path):
     bench = load_script("bench_default")
     out = tmp_path / "default.json"
+    earlier = [{"candidate": "current", "kind": "native", "git": "0000000", "wall_s": 1.0}]
+    out.write_text(json.dumps(earlier))
     rows = bench.main(["--candidates", "current", "48px-e8", "--kinds", "native", "--out", str(out), "--extra",
                        "--epochs 1 --synthetic-train-size 64 --synthetic-test-size 32 --num-workers 0"])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
+    assert json.loads(out.read_text()) == earlier + json.loads(json.dumps(rows))  # earlier rows kept, new ones after
     assert [r["candidate"] for r in rows] == ["current", "48px-e8"]
     assert [r["config"]["image_size"] for r in rows] == [64, 48] and all(r["config"]["epochs"] == 1 for r in rows)
     assert rows[1]["time_ratio_to_first"] == pytest.approx(rows[1]["wall_s"] / rows[0]["wall_s"])
     assert all(r["wall_s"] > 0 and r["l_con_first_epoch"] > 0 and "git" in r for r in rows)
+    out.write_text("{}")
+    with pytest.raises(SystemExit, match="not a JSON list of rows"):
+        bench.main(["--candidates", "current", "--kinds", "native", "--out", str(out)])
 
 
 def test_bench_train_refuses_bf16_where_the_cpu_gets_it_wrong(tmp_path):
