@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
 import torch
 
-from smec_fast.precision import cpu_identity
+from smec_fast.precision import cpu_identity, describe_cpu
 from smec_fast.provenance import git_revision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +24,11 @@ def cpu_model() -> str:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's kind (model, family and model numbers, torch's capability, whether bf16 is
+    native) and the threads torch uses: CPUs of one model name differ in what they can do."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"{describe_cpu()}, {torch.get_num_threads()} threads"
 
 
 def cpu_features() -> dict:
