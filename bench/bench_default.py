@@ -49,6 +49,8 @@ CANDIDATES: dict[str, list[str]] = {
     "48px-e8-b16": ["--image-size", "48", "--epochs", "8", "--batch-size", "16"],
     "48px-e6-b16": ["--image-size", "48", "--epochs", "6", "--batch-size", "16", "--con-warmup-epochs", "1.5"],
     "40px-e8-b16": ["--image-size", "40", "--epochs", "8", "--batch-size", "16"],
+    "56px-e8": ["--image-size", "56", "--epochs", "8"],
+    "56px-e7": ["--image-size", "56", "--epochs", "7", "--con-warmup-epochs", "1.75"],
 }
 KINDS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
