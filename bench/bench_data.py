@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchenv import REPO, device_name, git_sha, versions
+from benchenv import REPO, device_name, earlier_rows, git_sha, versions
 
 
 from smec_fast.data import load_folder, load_rafdb
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     print(subset)
+    earlier = earlier_rows(args.out)  # other machines' and commits' rows stay; this run's come after them
     rows = []
     for device_str in devices:
         device = torch.device(device_str)
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "images_per_epoch": count[kind], "setup_s": round(setup[kind], 3),
                              "load_average_at_end": load_average(), **common})
             del loaders
-            atomic_write_json(args.out, rows)
+            atomic_write_json(args.out, earlier + rows)
 
     print(f"\n{'loader':8} {'device':6} {'size':>5} {'images/s':>10} {'x torch':>8} {'setup s':>8}")
     for row in rows:
@@ -146,8 +147,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ratio = f"{row['ratio_vs_torch']:.2f}" if base else "-"
         print(f"{row['loader']:8} {row['device']:6} {row['image_size']:>5} {row['images_per_s']:>10.0f} "
               f"{ratio:>8} {row['setup_s']:>8.2f}")
-    atomic_write_json(args.out, rows)
-    print(f"\nwrote {args.out}")
+    atomic_write_json(args.out, earlier + rows)
+    print(f"\nwrote {len(rows)} rows to {args.out} after its {len(earlier)} earlier ones")
     return rows
 
 

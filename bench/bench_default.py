@@ -29,7 +29,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchenv import REPO, git_sha, versions
+from benchenv import REPO, earlier_rows, git_sha, versions
 
 from smec_fast.config import PRESETS
 from smec_fast.io import atomic_write_json
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = {**versions(), "git": git_sha(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": PRESETS["synthetic"]}
     print(f"# {describe_cpu()} | torch {env['torch']} | git {env['git']} | preset {PRESETS['synthetic']}")
-    earlier = read_rows(args.out)
+    earlier = earlier_rows(args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
@@ -116,20 +116,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{base['candidate']}")
     atomic_write_json(args.out, earlier + rows)
     print(f"wrote {len(rows)} rows to {args.out} after its {len(earlier)} earlier ones")
-    return rows
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows a results file holds already ([] when there is none); a file that is not a list of rows is
-    refused rather than overwritten."""
-    if not path.exists():
-        return []
-    try:
-        rows = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"{path}: not a JSON list of rows ({error}); give another --out") from None
-    if not isinstance(rows, list):
-        raise SystemExit(f"{path}: not a JSON list of rows; give another --out")
     return rows
 
 

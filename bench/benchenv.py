@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 
@@ -50,4 +51,18 @@ def versions() -> dict:
     return out
 
 
-__all__ = ["REPO", "cpu_features", "cpu_model", "device_name", "git_sha", "versions"]
+def earlier_rows(path: Path) -> list[dict]:
+    """The rows a results file holds already ([] when there is none); a file that is not a list of rows is
+    refused rather than overwritten."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{path}: not a JSON list of rows ({error}); give another --out") from None
+    if not isinstance(rows, list):
+        raise SystemExit(f"{path}: not a JSON list of rows; give another --out")
+    return rows
+
+
+__all__ = ["REPO", "cpu_features", "cpu_model", "device_name", "earlier_rows", "git_sha", "versions"]
