@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests run on the CPU unless TORCH_DEVICE names another device."""
+"""Shared fixtures. Tests run on the CPU unless TORCH_DEVICE names another device.
+
+Fixtures that train or run something for seconds are session-scoped even where one module uses them: under
+pytest-xdist a worker may run another module's test between two of a module's tests, and a module-scoped
+fixture is then torn down and set up again."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def test_top_k_precision_and_recall():
     assert scores["auroc"] == pytest.approx(7 / 9)  # 0.9 beats all three kept, 0.7 and 0.6 beat 0.1 and 0.2
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def colour_faces(tmp_path_factory):
     """Three classes told apart by colour alone, with per-image shading and noise: any model learns them in a
     few steps, so a flipped label is one the model contradicts."""
@@ -64,7 +64,7 @@ def _colour_run(out, data, **overrides):
     return train(resolve_config(cli_values={**values, **overrides}))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def noisy_run(tmp_path_factory, colour_faces):
     out = tmp_path_factory.mktemp("audit") / "ce"
     return out, _colour_run(out, colour_faces)

@@ -17,7 +17,7 @@ TINY = dict(image_size=40, synthetic_train_size=96, synthetic_test_size=32, batc
 SYNTHETIC = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def backbone(tmp_path_factory):
     root = tmp_path_factory.mktemp("backbone")
     train(resolve_config(cli_values={**TINY, "out": str(root / "source")}))

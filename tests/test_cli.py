@@ -25,7 +25,7 @@ TINY = dict(image_size=32, synthetic_train_size=160, synthetic_test_size=64, bat
             progress=False, num_workers=0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
     metrics = train(resolve_config(cli_values={**TINY, "out": str(out), "method": "elr"}))

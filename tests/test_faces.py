@@ -101,7 +101,7 @@ def test_a_photo_without_faces_or_a_huge_one_gives_no_face(detector):
     assert detector.detect(huge) == []  # shrunk to 2048 px for detection: seconds, not minutes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     from smec_fast.config import resolve_config
     from smec_fast.trainer import train

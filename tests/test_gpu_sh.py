@@ -19,7 +19,7 @@ STAGES = {"env": "env.json", "kernel-tests": "kernels.json", "kernel-bench": "ke
           "e2e": "e2e.json"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dry_run(tmp_path_factory):
     """One dry run with one stage made to fail and one made to hang past its budget after doing its work."""
     out = tmp_path_factory.mktemp("gpu-out")

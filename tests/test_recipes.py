@@ -321,7 +321,7 @@ TINY = dict(image_size=32, synthetic_train_size=96, synthetic_test_size=32, batc
             progress=False, num_workers=0, recipe="official", noise_rate=0.2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def official_runs(tmp_path_factory):
     """Two epochs of each baseline with its official recipe: (out folder, metrics, log text) by method."""
     import logging

@@ -25,7 +25,7 @@ def tiny_config(out, **overrides):
     return resolve_config(cli_values={**TINY, "out": str(out), **overrides})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "smec"
     metrics = train(tiny_config(out, noise_rate=0.25, val_fraction=0.25))
