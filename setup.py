@@ -32,7 +32,9 @@ setup(
         # face detection: facenet-pytorch itself is installed with --no-deps (its metadata pins torch < 2.3)
         "detect": ["requests", "av"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests", "av"],
+        # pytest < 9.2: on 9.2, pytest-xdist 3.8's --dist loadgroup silently stops grouping (pytest-xdist issue
+        # 1386), and the suite's tests that share one expensive fixture would each set it up on every worker.
+        "test": ["pytest>=8,<9.2", "pytest-xdist", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests", "av"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

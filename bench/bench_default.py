@@ -13,7 +13,7 @@ measurement of it. Rows are added to `--out` as they come, after the rows earlie
 machines, other commits), so a run cut short keeps what it measured and nothing measured before is lost.
 
     python bench/bench_default.py                                  # every candidate, native and avx2
-    python bench/bench_default.py --candidates current p48 --kinds avx2
+    python bench/bench_default.py --candidates current 56px-e7 --kinds avx2 --extra "--seed 1"
 """
 
 from __future__ import annotations
