@@ -26,6 +26,21 @@ def shared_dir() -> Path | None:
     return None
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow(seconds): takes tens of seconds on a 2-core CPU (about `seconds` on "
+                                       "one xdist worker capped to AVX2); slow tests run first, the slowest first")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow tests first, the slowest first; the others keep their order. Under pytest-xdist a worker takes
+    the next test as it finishes one, so a slow test that starts last leaves the other workers idle until it ends."""
+    def seconds(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0.0 if mark is None else float(mark.kwargs.get("seconds", 1.0))
+
+    items.sort(key=lambda item: -seconds(item))
+
+
 def pytest_report_header(config) -> list[str]:
     """The CPU kind this session tests on: what decides --amp auto and which hardware paths exist."""
     from smec_fast.precision import describe_cpu, resolve_precision

@@ -22,6 +22,7 @@ def load_script(name: str):
     return module
 
 
+@pytest.mark.slow(seconds=30)
 @pytest.mark.parametrize("with_data", [False, True])
 def test_bench_train_rows(tmp_path, fer_subset, with_data):
     bench = load_script("bench_train")
@@ -120,6 +121,7 @@ def test_check_compile_rows(tmp_path):
     assert by_way["eager-bf16"]["median_rel_err"] < 0.5
 
 
+@pytest.mark.slow(seconds=27)
 def test_pytest_benchmark_suite_runs_in_smoke_mode(tmp_path):
     """`pytest bench --smoke`: every benchmark runs once at tiny sizes and pytest-benchmark prints its tables
     and saves its JSON (the Triton ones are skipped without CUDA)."""

@@ -277,6 +277,7 @@ def _comparable(metrics):
     return out
 
 
+@pytest.mark.slow(seconds=50)
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     full = _train_process(tmp_path / "full")
     assert full.wait(timeout=600) == 0, full.stdout.read()

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -153,6 +154,7 @@ def _compare(a_dir, b_dir):
     return a, b
 
 
+@pytest.mark.slow(seconds=45)
 def test_two_processes_match_one_process_and_resume_with_another_count(tmp_path):
     one = _single(tmp_path / "one", "--epochs", "2")
     two = _torchrun(2, tmp_path / "two", "--epochs", "2")

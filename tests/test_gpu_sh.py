@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # Under pytest-xdist these tests run in one worker: they share one dry run of gpu.sh.
-pytestmark = pytest.mark.xdist_group("gpu_sh")
+pytestmark = [pytest.mark.xdist_group("gpu_sh"), pytest.mark.slow(seconds=70)]
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"env": "env.json", "kernel-tests": "kernels.json", "kernel-bench": "kernels.json", "train": "train.json",

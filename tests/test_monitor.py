@@ -66,6 +66,7 @@ def test_every_run_reports_images_per_second_and_input_wait(tmp_path):
         assert float(row["peak_memory_mib"]) == pytest.approx(epoch["peak_memory_mib"])
 
 
+@pytest.mark.slow(seconds=20)
 def test_profile_writes_a_trace_and_an_op_table_and_training_goes_on(tmp_path):
     plain = train(tiny_config(tmp_path / "plain"))
     profiled = train(tiny_config(tmp_path / "profiled", profile="3:6"))

@@ -102,6 +102,7 @@ def test_existing_run_is_not_overwritten(finished_run):
         train(tiny_config(out, noise_rate=0.25, val_fraction=0.25, lr=0.5, resume=True))
 
 
+@pytest.mark.slow(seconds=20)
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = train(tiny_config(tmp_path / "full", noise_rate=0.25))
 
@@ -133,6 +134,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     assert torch.equal(a["method"]["elr.targets"], b["method"]["elr.targets"])
 
 
+@pytest.mark.slow(seconds=160)
 def test_short_smec_run_on_embedded_data_beats_chance(tmp_path, caplog):
     # The synthetic preset (64 px, lr 1e-3, lambda_con warm-up) on half the default data, four epochs, in the
     # default precision (bf16 on CPUs with native bf16, which learns a little more slowly over the first
@@ -241,6 +243,7 @@ def test_run_selects_the_kernel_backend(tmp_path):
     set_kernel_backend("fused")
 
 
+@pytest.mark.slow(seconds=35)
 @pytest.mark.parametrize("method", ["elr", "scn"])
 def test_compiled_step_matches_eager_step(method):
     """torch.compile of model + loss gives the eager step's loss, gradients and per-sample state, with the
@@ -287,6 +290,7 @@ def test_compiled_step_matches_eager_step(method):
         assert not torch.equal(state_e["labels"], split.labels)  # the step did relabel
 
 
+@pytest.mark.slow(seconds=55)
 def test_compiled_channels_last_run_matches_eager_run(tmp_path):
     """--compile on --channels-last on trains the same steps as the eager NCHW default: the same per-epoch
     losses (to float rounding; a tiny learning rate keeps Adam from amplifying it) and graphs were compiled."""
