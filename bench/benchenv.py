@@ -19,11 +19,6 @@ def git_sha() -> str:
     return git_revision(REPO, (".", ":!bench/results")) or "unknown"
 
 
-def cpu_model() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
-    return cpu_identity()["model"]
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's kind (model, family and model numbers, torch's capability, whether bf16 is
     native) and the threads torch uses: CPUs of one model name differ in what they can do."""
@@ -65,4 +60,4 @@ def earlier_rows(path: Path) -> list[dict]:
     return rows
 
 
-__all__ = ["REPO", "cpu_features", "cpu_model", "device_name", "earlier_rows", "git_sha", "versions"]
+__all__ = ["REPO", "cpu_features", "device_name", "earlier_rows", "git_sha", "versions"]
