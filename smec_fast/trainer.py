@@ -58,7 +58,7 @@ from smec_fast.monitor import (
     require_tensorboard,
     throughput_summary,
 )
-from smec_fast.precision import Precision, autocast_context, resolve_precision
+from smec_fast.precision import Precision, autocast_context, describe_cpu, resolve_precision
 from smec_fast.provenance import source_revision
 from smec_fast.split_merge import check_grid
 
@@ -236,8 +236,11 @@ def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: fl
         "config": cfg.to_dict(),
         "precision": precision.to_dict(),
         "throughput": throughput_summary(history),
+        # The host CPU's kind (family and model numbers, torch capability, native bf16): it sets a CPU run's
+        # speed and precision, and feeds a GPU run's loaders.
         "environment": {"smec_fast": smec_fast.__version__, "torch": torch.__version__,
-                        "python": platform.python_version(), "device": str(device), "git": source_revision()},
+                        "python": platform.python_version(), "device": str(device), "cpu": describe_cpu(),
+                        "git": source_revision()},
         "train_time_s": seconds,
     }
     if data.val is not None:

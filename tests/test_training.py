@@ -14,6 +14,7 @@ from smec_fast.config import resolve_config
 from smec_fast.data import loader as loader_module
 from smec_fast.data.noise import read_label_file
 from smec_fast.errors import ConfigError, DataError
+from smec_fast.precision import describe_cpu
 from smec_fast.checkpoint import read_checkpoint
 from smec_fast.trainer import train
 
@@ -40,6 +41,7 @@ def test_run_writes_the_results_contract(finished_run):
                 "best_balanced_accuracy", "per_class_accuracy", "history", "config"):
         assert key in on_disk
     assert on_disk["method"] == "smec" and on_disk["noise_rate"] == 0.25 and on_disk["epochs"] == 3
+    assert on_disk["environment"]["cpu"] == describe_cpu()  # the kind of CPU it ran on
     assert on_disk["lambda_con"] == 3.0 and on_disk["config"]["split"] == "left-right"
     assert on_disk["best_accuracy"] == max(h["test"]["accuracy"] for h in on_disk["history"])
     assert on_disk["final_accuracy"] == on_disk["history"][-1]["test"]["accuracy"]
