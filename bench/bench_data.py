@@ -33,13 +33,12 @@ from pathlib import Path
 
 import torch
 
-from benchenv import REPO, device_name, earlier_rows, git_sha, versions
+from benchenv import REPO, ResultsFile, device_name, git_sha, versions
 
 
 from smec_fast.data import load_folder, load_rafdb
 from smec_fast.data.dali import dali_available
 from smec_fast.data.loaders import make_loader
-from smec_fast.io import atomic_write_json
 
 
 def default_data() -> Path:
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     print(subset)
-    earlier = earlier_rows(args.out)  # other machines' and commits' rows stay; this run's come after them
+    results = ResultsFile(args.out)
     rows = []
     for device_str in devices:
         device = torch.device(device_str)
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "images_per_epoch": count[kind], "setup_s": round(setup[kind], 3),
                              "load_average_at_end": load_average(), **common})
             del loaders
-            atomic_write_json(args.out, earlier + rows)
+            results.write(rows)
 
     print(f"\n{'loader':8} {'device':6} {'size':>5} {'images/s':>10} {'x torch':>8} {'setup s':>8}")
     for row in rows:
@@ -147,8 +146,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ratio = f"{row['ratio_vs_torch']:.2f}" if base else "-"
         print(f"{row['loader']:8} {row['device']:6} {row['image_size']:>5} {row['images_per_s']:>10.0f} "
               f"{ratio:>8} {row['setup_s']:>8.2f}")
-    atomic_write_json(args.out, earlier + rows)
-    print(f"\nwrote {len(rows)} rows to {args.out} after its {len(earlier)} earlier ones")
+    results.write(rows)
+    print(f"\n{results.describe(rows)}")
     return rows
 
 

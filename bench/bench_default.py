@@ -29,10 +29,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchenv import REPO, earlier_rows, git_sha, versions
+from benchenv import REPO, ResultsFile, git_sha, versions
 
 from smec_fast.config import PRESETS
-from smec_fast.io import atomic_write_json
 from smec_fast.precision import cpu_identity, describe_cpu
 
 # name -> options on top of the synthetic preset. "current" is the preset as it is in this checkout.
@@ -93,14 +92,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = {**versions(), "git": git_sha(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": PRESETS["synthetic"]}
     print(f"# {describe_cpu()} | torch {env['torch']} | git {env['git']} | preset {PRESETS['synthetic']}")
-    earlier = earlier_rows(args.out)
+    results = ResultsFile(args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             for name in args.candidates:
                 row = {**run_candidate(name, kind, Path(tmp), shlex.split(args.extra)), **env}
                 rows.append(row)
-                atomic_write_json(args.out, earlier + rows)
+                results.write(rows)
                 print(f"{kind:6s} {name:22s} {row['wall_s']:7.1f} s  balanced {row['final_balanced_accuracy']:5.1f} % "
                       f"(best {row['best_balanced_accuracy']:5.1f})  acc {row['final_accuracy']:5.1f} %  L_con "
                       f"{row['l_con_first_epoch']:.4f} -> {row['l_con_last_epoch']:.4f}  "
@@ -114,8 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["time_ratio_to_first"] = row["wall_s"] / base["wall_s"]
                 print(f"{kind:6s} {row['candidate']:22s} {row['time_ratio_to_first']:.2f}x the time of "
                       f"{base['candidate']}")
-    atomic_write_json(args.out, earlier + rows)
-    print(f"wrote {len(rows)} rows to {args.out} after its {len(earlier)} earlier ones")
+    results.write(rows)
+    print(results.describe(rows))
     return rows
 
 

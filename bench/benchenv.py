@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from smec_fast.io import atomic_write_json
 from smec_fast.precision import cpu_identity, describe_cpu
 from smec_fast.provenance import git_revision
 
@@ -46,18 +47,27 @@ def versions() -> dict:
     return out
 
 
-def earlier_rows(path: Path) -> list[dict]:
-    """The rows a results file holds already ([] when there is none); a file that is not a list of rows is
-    refused rather than overwritten."""
-    if not path.exists():
-        return []
-    try:
-        rows = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"{path}: not a JSON list of rows ({error}); give another --out") from None
-    if not isinstance(rows, list):
-        raise SystemExit(f"{path}: not a JSON list of rows; give another --out")
-    return rows
+class ResultsFile:
+    """A JSON list of result rows that keeps the rows earlier runs (other machines, other commits) left in it:
+    `write(rows)` puts this run's rows so far after them, atomically, so a run cut short keeps what it measured.
+    A file that is not a list of rows is refused rather than overwritten."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.earlier: list[dict] = []
+        if path.exists():
+            try:
+                self.earlier = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"{path}: not a JSON list of rows ({error}); give another --out") from None
+            if not isinstance(self.earlier, list):
+                raise SystemExit(f"{path}: not a JSON list of rows; give another --out")
+
+    def write(self, rows: list[dict]) -> None:
+        atomic_write_json(self.path, self.earlier + rows)
+
+    def describe(self, rows: list[dict]) -> str:
+        return f"wrote {len(rows)} rows to {self.path} after its {len(self.earlier)} earlier ones"
 
 
-__all__ = ["REPO", "cpu_features", "device_name", "earlier_rows", "git_sha", "versions"]
+__all__ = ["REPO", "ResultsFile", "cpu_features", "device_name", "git_sha", "versions"]
