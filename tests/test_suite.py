@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 GROUPED = '''
-import os
 import pytest
 
 pytestmark = pytest.mark.xdist_group("shared")
@@ -15,7 +14,7 @@ pytestmark = pytest.mark.xdist_group("shared")
 
 @pytest.mark.parametrize("i", range(4))
 def test_grouped(i):
-    print(os.environ["PYTEST_XDIST_WORKER"])
+    pass
 '''
 
 UNGROUPED = '''
