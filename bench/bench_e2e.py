@@ -6,6 +6,7 @@ bf16, channels_last, fused Triton ops, the auto-chosen loader), once with `--com
 time from the run's metrics.json, and, for the last epoch (the first also pays for compiling and warm-up),
 the TFLOP/s that its images/s implies (FLOPs of one SMEC training image, counted by
 torch.utils.flop_counter) and that rate's share of the measured bf16 matmul rate (from gpu_env.py's row).
+The rows go after those earlier runs left in `--out`.
 
     python -m smec_fast synth-rafdb /tmp/rafdb                 # RAF-DB-sized synthetic tree
     python bench/bench_e2e.py --data /tmp/rafdb --env env.json --out e2e.json
@@ -25,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-from benchenv import device_name, git_sha, versions
+from benchenv import ResultsFile, device_name, git_sha, versions
 
 
-from smec_fast.io import atomic_write_json
 
 WAYS = {"default": [], "plain": ["--compile", "off", "--kernels", "reference", "--loader", "torch"]}
 
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     common = {"device": device.type, "device_name": device_name(device), **versions(), "git": git_sha(),
               "image_size": args.image_size, "batch_size": args.batch_size, "data": str(args.data),
               "bf16_matmul_tflops": matmul}
+    results = ResultsFile(args.out)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="smec-e2e-") as work:
         for way in args.ways:
@@ -102,12 +103,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       + (f" = {100 * row['share_of_matmul_rate']:.1f} % of the bf16 matmul rate" if matmul else ""),
                       flush=True)
             rows.append(row)
-            atomic_write_json(args.out, rows)
+            results.write(rows)
     done = {r["way"]: r for r in rows if r["rc"] == 0}
     if "default" in done and "plain" in done:
         ratio = done["default"]["epochs"][-1]["images_per_s"] / done["plain"]["epochs"][-1]["images_per_s"]
         done["default"]["speedup_over_plain"] = ratio
-        atomic_write_json(args.out, rows)
+        results.write(rows)
         print(f"default / plain: {ratio:.2f}x the images/s")
     return rows
 

@@ -28,8 +28,8 @@ cache where it fits). That images/s ratio is the end-to-end comparison.
 
 Rows (JSON list): method, mode, device, image_size, batch_size, amp, compiled, channels_last, data ("random"
 or the loader), step_ms, images_per_s, flops_per_step, rafdb_epoch_s (one RAF-DB-sized epoch, 12,271
-images, at that speed), the ratios, and where it ran (device, versions, processor features, git commit). A
-benchmark reports; it asserts no speed.
+images, at that speed), the ratios, and where it ran (device, versions, processor features, git commit),
+added after the rows earlier runs left in the file. A benchmark reports; it asserts no speed.
 """
 
 from __future__ import annotations
@@ -47,11 +47,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchenv import REPO, cpu_features, device_name, git_sha, versions
+from benchenv import REPO, ResultsFile, cpu_features, device_name, git_sha, versions
 
 
 from smec_fast.config import resolve_config
-from smec_fast.io import atomic_write_json
 from smec_fast.data import load_folder
 from smec_fast.data.loaders import default_loader, make_loader
 from smec_fast.kernels import kernel_backend
@@ -209,6 +208,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     batches = args.batch or ([64, 256] if gpu else [64])
     modes = args.modes or (list(MODES) if gpu else ["plain", "eager"])
     out = args.out or REPO / "bench" / "results" / f"train_{device.type}.json"
+    results = ResultsFile(out)
     env = {"device_name": device_name(device), **versions(), "git": git_sha(),
            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row.update(images_per_s=row["batch_size"] / row["step_ms"] * 1000, **env)
         row["rafdb_epoch_s"] = RAFDB_TRAIN_IMAGES / row["images_per_s"]
         rows.append(row)
-        atomic_write_json(out, rows)  # row by row: a run cut short keeps what it measured
+        results.write(rows)  # row by row: a run cut short keeps what it measured
         print(f"{row['method']:5s} {row['image_size']:4d} px b={row['batch_size']:<4d} {way_name(row)} "
               f"{row['data']:7s} {row['step_ms']:9.2f} ms/step {row['images_per_s']:9.1f} img/s "
               f"{row['flops_per_step'] / 1e9:8.2f} GFLOP/step  RAF-DB epoch {row['rafdb_epoch_s']:7.1f} s",
@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{row['method']:5s} {row['image_size']:4d} px b={row['batch_size']} {way_name(row)} "
                   f"{row['data']:7s}: {row['speedup_over_plain']:.2f}x the images/s of plain fp32 NCHW "
                   f"({plain['data']})")
-    atomic_write_json(out, rows)
-    print(f"wrote {out}")
+    results.write(rows)
+    print(results.describe(rows))
     return rows
 
 

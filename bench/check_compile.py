@@ -12,7 +12,7 @@ compiled figure far above its eager twin means the compiled step computes someth
     python bench/check_compile.py --device cuda --out $OUT/compile_check_cuda.json
 
 Writes the rows as JSON (method, way, amp, compiled, device, worst_rel_err, median_rel_err, worst_param,
-loss_rel_err). It reports; it asserts nothing.
+loss_rel_err), after the rows earlier runs left in the file. It reports; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-from benchenv import REPO, device_name, git_sha
+from benchenv import REPO, ResultsFile, device_name, git_sha
 
 from smec_fast.config import resolve_config
-from smec_fast.io import atomic_write_json
 from smec_fast.data import SplitLoader, synthetic_split
 from smec_fast.methods import build_method, narrowest_input_width
 from smec_fast.model import FerResNet18
@@ -57,6 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     out = args.out or REPO / "bench" / "results" / f"compile_check_{device.type}.json"
+    results = ResultsFile(out)
     env = {"device_name": device_name(device), "torch": torch.__version__, "git": git_sha(),
            "image_size": args.image_size, "batch_size": args.batch_size}
     split = synthetic_split("train", 4 * args.batch_size, args.image_size, seed=0)
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "median_rel_err": statistics.median(errors.values()), "worst_param": worst,
                    "loss_rel_err": ((loss - loss64).abs() / loss64.abs()).item(), **env}
             rows.append(row)
-            atomic_write_json(out, rows)  # row by row: a run cut short keeps what it measured
+            results.write(rows)  # row by row: a run cut short keeps what it measured
             print(f"{method:6} {way:13} {row['worst_rel_err']:9.1e} {row['median_rel_err']:9.1e} "
                   f"{row['loss_rel_err']:9.1e}  {worst}", flush=True)
-    atomic_write_json(out, rows)
-    print(f"wrote {out}")
+    results.write(rows)
+    print(results.describe(rows))
     return rows
 
 
