@@ -2,7 +2,8 @@
 
 Fixtures that train or run something for seconds are session-scoped even where one module uses them: under
 pytest-xdist a worker may run another module's test between two of a module's tests, and a module-scoped
-fixture is then torn down and set up again."""
+fixture is then torn down and set up again. The tests that use one carry an `xdist_group` mark, so that
+`--dist loadgroup` runs them on one worker and the fixture is built once, not once per worker."""
 
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ from smec_fast.cli import main
 from smec_fast.config import resolve_config
 from smec_fast.trainer import train
 
+# One worker under pytest-xdist: the coloured faces and the noisy run are built once.
+pytestmark = pytest.mark.xdist_group("audit")
+
 COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 
 

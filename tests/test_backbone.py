@@ -12,6 +12,9 @@ from smec_fast.model import FerResNet18, load_pretrained
 from smec_fast.checkpoint import read_checkpoint
 from smec_fast.trainer import train
 
+# One worker under pytest-xdist: the backbone's training run is done once.
+pytestmark = pytest.mark.xdist_group("backbone")
+
 TINY = dict(image_size=40, synthetic_train_size=96, synthetic_test_size=32, batch_size=32, epochs=1,
             progress=False, num_workers=0, method="ce")
 SYNTHETIC = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")

@@ -23,10 +23,13 @@ from smec_fast.trainer import train
 
 TINY = dict(image_size=32, synthetic_train_size=160, synthetic_test_size=64, batch_size=32, epochs=2,
             progress=False, num_workers=0)
+# One worker under pytest-xdist for the tests that read `run`: it is trained once.
+USES_RUN = pytest.mark.xdist_group("cli_run")
 
 
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
+    """A two-epoch ELR run; the tests that use it carry USES_RUN."""
     out = tmp_path_factory.mktemp("trained") / "run"
     metrics = train(resolve_config(cli_values={**TINY, "out": str(out), "method": "elr"}))
     return out, metrics
@@ -56,6 +59,7 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
+@USES_RUN
 def test_evaluate_reproduces_the_final_test_metrics(run, capsys, tmp_path):
     out, metrics = run
     code, stdout, err = run_cli(capsys, "evaluate", out / "checkpoint.pt", "--out", tmp_path / "eval",
@@ -71,6 +75,7 @@ def test_evaluate_reproduces_the_final_test_metrics(run, capsys, tmp_path):
         assert png.format == "PNG" and png.width > 200
 
 
+@USES_RUN
 def test_predict_accepts_any_image_and_matches_the_model(run, face_folder, capsys, tmp_path):
     out, _ = run
     csv_path = tmp_path / "pred.csv"
@@ -125,6 +130,7 @@ def test_a_faces_cam_is_painted_where_the_face_lies_in_the_photo():
     assert abs(changed.sum().item() - area) < 4 * ALIGNED_SIZE * scale  # the whole frame, give or take its edge
 
 
+@USES_RUN
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_gives_the_checkpoints_outputs(run, capsys, tmp_path, fmt):
     out, _ = run
@@ -236,6 +242,7 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["evaluate", str(tmp_path / "nope.pt"), "--debug"])
 
 
+@USES_RUN
 def test_fuzzed_images(run, face_folder, tmp_path, capsys):
     """Random bytes, some behind real JPEG/PNG signatures: a clean error, or skipped with --skip-bad-images."""
     rng = random.Random(0)

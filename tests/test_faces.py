@@ -26,7 +26,9 @@ from smec_fast.faces import DETECTOR_INSTALL, FaceDetector, align_face, detector
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from faces_compose import compose, to_crop  # noqa: E402  (bench/faces_compose.py: test photos, shared with bench)
 
-pytestmark = pytest.mark.skipif(not detector_available(), reason=f"needs facenet-pytorch: {DETECTOR_INSTALL}")
+# One worker under pytest-xdist: the detector, the crops and the trained checkpoint are built once.
+pytestmark = [pytest.mark.skipif(not detector_available(), reason=f"needs facenet-pytorch: {DETECTOR_INSTALL}"),
+              pytest.mark.xdist_group("faces")]
 
 
 @pytest.fixture(scope="module")

@@ -369,6 +369,7 @@ def test_registered_ops_pass_opcheck():
                           (torch.tensor(0.5), logits.detach(), labels, updated, 3.0))
 
 
+@pytest.mark.xdist_group("compile")  # with the other tests that compile: inductor starts once per worker
 def test_torch_compile_fullgraph_traces_both_ops(kernel_device):
     """One compiled function calling both public ops (fused backend) matches the eager references."""
     grid = (1, 2)
