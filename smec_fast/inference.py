@@ -149,10 +149,10 @@ def face_cam_overlay(image: torch.Tensor, landmarks: torch.Tensor, cam_map: torc
     upsampled to the frame's 100 x 100 pixels and warped back into the photo by the inverse transform. Photo
     pixels outside the warped frame are left as they are.
     """
-    from smec_fast.data.align import ALIGNED_SIZE, warp_matrices
+    from smec_fast.data.align import ALIGNED_SIZE, corner_maps
 
     _, h, w = image.shape
-    frame_to_photo = warp_matrices(landmarks.unsqueeze(0))[0].double()  # (2, 3), corner coordinates
+    photo_to_frame, frame_to_photo = (m[0] for m in corner_maps(landmarks.unsqueeze(0)))  # (2, 3) float64
     a, t = frame_to_photo[:, :2], frame_to_photo[:, 2]
     corners = torch.tensor([[0, 0], [ALIGNED_SIZE, 0], [0, ALIGNED_SIZE], [ALIGNED_SIZE, ALIGNED_SIZE]],
                            dtype=torch.float64) @ a.T + t  # (4, 2) the frame's corners in the photo
@@ -162,7 +162,7 @@ def face_cam_overlay(image: torch.Tensor, landmarks: torch.Tensor, cam_map: torc
         return image.clone()
     ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=torch.float64) + 0.5,
                             torch.arange(x0, x1, dtype=torch.float64) + 0.5, indexing="ij")
-    frame = (torch.stack([xs, ys], -1) - t) @ torch.linalg.inv(a).T  # (h', w', 2) frame corner coordinates
+    frame = torch.stack([xs, ys], -1) @ photo_to_frame[:, :2].T + photo_to_frame[:, 2]  # (h', w', 2) frame corners
     inside = ((frame >= 0) & (frame < ALIGNED_SIZE)).all(-1)
     grid = (frame * (2.0 / ALIGNED_SIZE) - 1.0).to(torch.float32)[None]
     heat = F.grid_sample(_heat(cam_map, (ALIGNED_SIZE, ALIGNED_SIZE))[None, None], grid, mode="bilinear",

@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 
 from smec_fast.data import ImageSplit, SplitLoader, load_folder
-from smec_fast.data.align import ALIGNED_SIZE, TEMPLATE, similarity_fit, warp_matrices, warp_reference
+from smec_fast.data.align import (ALIGNED_SIZE, TEMPLATE, corner_maps, similarity_fit, warp_matrices,
+                                  warp_reference)
 from smec_fast.data.cache import CachedLoader, HostBatchBuffers
 from smec_fast.data.dali import dali_available
 from smec_fast.data.rafdb import load_rafdb, read_landmarks
@@ -225,6 +226,25 @@ def test_similarity_fit_recovers_a_known_transform():
     residual = (noisy @ similarity_fit(noisy.unsqueeze(0), TEMPLATE)[0, :, :2].T
                 + similarity_fit(noisy.unsqueeze(0), TEMPLATE)[0, :, 2] - TEMPLATE).norm(dim=1)
     assert residual.max() < 0.5  # least squares spreads the landmark noise (scaled by 1 / 2.5)
+
+
+
+def test_corner_maps_are_each_others_inverse_and_take_landmarks_to_the_template():
+    gen = torch.Generator().manual_seed(0)
+    angle = torch.rand(4, generator=gen, dtype=torch.float64) * 2 - 1
+    scale = 1 + 20 * torch.rand(4, 1, 1, generator=gen, dtype=torch.float64)  # faces up to 20x the frame, 2000 px
+    rot = torch.stack([torch.stack([angle.cos(), -angle.sin()], -1), torch.stack([angle.sin(), angle.cos()], -1)], 1)
+    shift = 3000 * torch.rand(4, 1, 2, generator=gen, dtype=torch.float64)
+    landmarks = TEMPLATE @ (scale * rot).transpose(1, 2) + shift  # (4, 5, 2) pixel positions in large photos
+    to_frame, to_photo = corner_maps(landmarks)
+    assert to_frame.dtype == to_photo.dtype == torch.float64
+    # Corner coordinates: a pixel position p is the corner position p + 0.5 in the photo and in the frame.
+    frame = (landmarks + 0.5) @ to_frame[:, :, :2].transpose(1, 2) + to_frame[:, None, :, 2]
+    torch.testing.assert_close(frame, (TEMPLATE + 0.5).expand_as(frame), atol=1e-9, rtol=0)
+    back = frame @ to_photo[:, :, :2].transpose(1, 2) + to_photo[:, None, :, 2]
+    torch.testing.assert_close(back, landmarks + 0.5, atol=1e-9, rtol=0)
+    # warp_matrices is the frame -> photo map in float32: its error is float32 rounding of photo positions.
+    torch.testing.assert_close(warp_matrices(landmarks), to_photo.float(), atol=0, rtol=0)
 
 
 def face_photo(rng: np.random.Generator, landmarks_to_frame: torch.Tensor, h: int, w: int) -> np.ndarray:

@@ -72,6 +72,29 @@ def similarity_fit(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, t.unsqueeze(2)], dim=2)
 
 
+def corner_maps(landmarks: torch.Tensor, template: torch.Tensor = TEMPLATE
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both similarity maps between photo and aligned frame, float64, in corner coordinates.
+
+    Args:
+        landmarks: (N, 5, 2) landmark pixel positions in the photos.
+        template: (5, 2) their positions in the aligned frame.
+
+    Returns:
+        (photo_to_frame, frame_to_photo), each (N, 2, 3) [A | b] with out = A @ in + b; each is the exact
+        inverse of the other, both computed in float64 from the one least-squares fit.
+    """
+    fit = similarity_fit(landmarks, template)  # (N, 2, 3): photo -> frame, pixel positions
+    a, t = fit[:, :, :2], fit[:, :, 2:]
+    inv = torch.linalg.inv(a)  # (N, 2, 2): frame -> photo
+    half = torch.full_like(t, 0.5)
+    # frame = a photo + t; with corner coordinates c = p + 0.5: frame_c = a photo_c + t + 0.5 - a [0.5, 0.5]
+    photo_to_frame = torch.cat([a, t + half - a @ half], dim=2)
+    # photo = inv (frame - t); photo_c = inv frame_c + 0.5 - inv (t + 0.5)
+    frame_to_photo = torch.cat([inv, half - inv @ (t + half)], dim=2)
+    return photo_to_frame, frame_to_photo
+
+
 def warp_matrices(landmarks: torch.Tensor, template: torch.Tensor = TEMPLATE) -> torch.Tensor:
     """(N, 2, 3) float32 warp matrices, aligned frame -> photo, in corner coordinates.
 
@@ -81,12 +104,7 @@ def warp_matrices(landmarks: torch.Tensor, template: torch.Tensor = TEMPLATE) ->
         landmarks: (N, 5, 2) landmark pixel positions in the photos.
         template: (5, 2) their positions in the aligned frame.
     """
-    fit = similarity_fit(landmarks, template)  # (N, 2, 3): photo -> frame, pixel positions
-    a, t = fit[:, :, :2], fit[:, :, 2:]
-    inv = torch.linalg.inv(a)  # (N, 2, 2): frame -> photo
-    # photo = inv (frame - t); in corner coordinates (p + 0.5): photo_c = inv frame_c + 0.5 - inv (t + 0.5)
-    offset = 0.5 - inv @ (t + 0.5)  # (N, 2, 1)
-    return torch.cat([inv, offset], dim=2).to(torch.float32)
+    return corner_maps(landmarks, template)[1].to(torch.float32)
 
 
 def warp_reference(images: torch.Tensor, matrices: torch.Tensor, size: int = ALIGNED_SIZE) -> torch.Tensor:
