@@ -5,7 +5,8 @@ bf16, channels_last, fused Triton ops, the auto-chosen loader), once with `--com
 --loader torch`. Each row holds every epoch's wall time, training time, images/s, input wait and evaluation
 time from the run's metrics.json, and, for the last epoch (the first also pays for compiling and warm-up),
 the TFLOP/s that its images/s implies (FLOPs of one SMEC training image, counted by
-torch.utils.flop_counter) and that rate's share of the measured bf16 matmul rate (from gpu_env.py's row).
+torch.utils.flop_counter) and, for a run that trained in bf16, that rate's share of the measured bf16 matmul
+rate (from gpu_env.py's row).
 The rows go after those earlier runs left in `--out`.
 
     python -m smec_fast synth-rafdb /tmp/rafdb                 # RAF-DB-sized synthetic tree
@@ -96,12 +97,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 last = row["epochs"][-1]
                 row["flops_per_image"] = flops_per_image(device, args.image_size, row["precision"]["amp"])
                 row["tflops"] = row["flops_per_image"] * last["images_per_s"] / 1e12
-                row["share_of_matmul_rate"] = row["tflops"] / matmul if matmul else None
+                # The bf16 matmul rate bounds a run that computes in bf16; an fp32 run has another ceiling.
+                in_bf16 = row["precision"]["amp"] == "bf16"
+                row["share_of_matmul_rate"] = row["tflops"] / matmul if matmul and in_bf16 else None
+                share = (f" = {100 * row['share_of_matmul_rate']:.1f} % of the bf16 matmul rate"
+                         if row["share_of_matmul_rate"] is not None
+                         else f" (trained in {row['precision']['amp']}: no share of the bf16 matmul rate)"
+                         if matmul else "")
                 print(f"{way:8s} epoch {last['epoch']}: {last['train_s']:.2f} s training ({last['time_s']:.2f} s "
                       f"with evaluation), {last['images_per_s']:,.0f} img/s, input wait "
-                      f"{100 * last['data_wait_share']:.0f} %, {row['tflops']:.2f} TFLOP/s"
-                      + (f" = {100 * row['share_of_matmul_rate']:.1f} % of the bf16 matmul rate" if matmul else ""),
-                      flush=True)
+                      f"{100 * last['data_wait_share']:.0f} %, {row['tflops']:.2f} TFLOP/s{share}", flush=True)
             rows.append(row)
             results.write(rows)
     done = {r["way"]: r for r in rows if r["rc"] == 0}

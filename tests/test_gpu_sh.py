@@ -54,6 +54,8 @@ def test_every_stage_writes_its_summary_and_rows(dry_run):
     assert set(e2e) == {"default", "plain"} and all(r["rc"] == 0 and r["tflops"] > 0 for r in e2e.values())
     assert e2e["plain"]["loader"] == "torch" and e2e["plain"]["kernels"] == "reference"
     assert e2e["default"]["num_train"] == 128  # trained through the rafdb dataset path on the generated JPEGs
+    for row in e2e.values():  # the bf16 matmul rate bounds bf16 runs only; an fp32 run gets no share of it
+        assert (row["share_of_matmul_rate"] is not None) == (row["precision"]["amp"] == "bf16"), row["precision"]
 
 
 def test_a_failed_stage_is_recorded_and_the_next_runs(dry_run):
