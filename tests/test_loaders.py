@@ -228,7 +228,6 @@ def test_similarity_fit_recovers_a_known_transform():
     assert residual.max() < 0.5  # least squares spreads the landmark noise (scaled by 1 / 2.5)
 
 
-
 def test_corner_maps_are_each_others_inverse_and_take_landmarks_to_the_template():
     gen = torch.Generator().manual_seed(0)
     angle = torch.rand(4, generator=gen, dtype=torch.float64) * 2 - 1
@@ -243,7 +242,7 @@ def test_corner_maps_are_each_others_inverse_and_take_landmarks_to_the_template(
     torch.testing.assert_close(frame, (TEMPLATE + 0.5).expand_as(frame), atol=1e-9, rtol=0)
     back = frame @ to_photo[:, :, :2].transpose(1, 2) + to_photo[:, None, :, 2]
     torch.testing.assert_close(back, landmarks + 0.5, atol=1e-9, rtol=0)
-    # warp_matrices is the frame -> photo map in float32: its error is float32 rounding of photo positions.
+    # warp_matrices is that frame -> photo map, cast to float32 for the warps.
     torch.testing.assert_close(warp_matrices(landmarks), to_photo.float(), atol=0, rtol=0)
 
 
