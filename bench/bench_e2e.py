@@ -29,8 +29,6 @@ import torch
 
 from benchenv import ResultsFile, device_name, git_sha, versions
 
-
-
 WAYS = {"default": [], "plain": ["--compile", "off", "--kernels", "reference", "--loader", "torch"]}
 
 
@@ -100,10 +98,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 # The bf16 matmul rate bounds a run that computes in bf16; an fp32 run has another ceiling.
                 in_bf16 = row["precision"]["amp"] == "bf16"
                 row["share_of_matmul_rate"] = row["tflops"] / matmul if matmul and in_bf16 else None
-                share = (f" = {100 * row['share_of_matmul_rate']:.1f} % of the bf16 matmul rate"
-                         if row["share_of_matmul_rate"] is not None
-                         else f" (trained in {row['precision']['amp']}: no share of the bf16 matmul rate)"
-                         if matmul else "")
+                share = ""
+                if row["share_of_matmul_rate"] is not None:
+                    share = f" = {100 * row['share_of_matmul_rate']:.1f} % of the bf16 matmul rate"
+                elif matmul:
+                    share = f" (trained in {row['precision']['amp']}: no share of the bf16 matmul rate)"
                 print(f"{way:8s} epoch {last['epoch']}: {last['train_s']:.2f} s training ({last['time_s']:.2f} s "
                       f"with evaluation), {last['images_per_s']:,.0f} img/s, input wait "
                       f"{100 * last['data_wait_share']:.0f} %, {row['tflops']:.2f} TFLOP/s{share}", flush=True)
