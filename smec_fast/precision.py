@@ -13,11 +13,18 @@ Without those instructions bf16 is emulated and slower than fp32, so there `auto
 losses (CE, ELR, L_con) and the ELR targets are computed in fp32 whatever the autocast dtype
 (`smec_fast.losses`).
 
-One CPU case is excluded: oneDNN 3.12 (torch 2.14.1; its jit_bf16:avx512_core_bf16 backward-weights kernel)
-returns garbage (values of 1e35, inf, NaN, varying from call to call) for the bf16 weight gradient of a
-stride-2 convolution whose input map is one pixel wide; the fp32 gradient and the bf16 forward and input
-gradient are right. ResNet-18 halves the width four times before layer4's stride-2 convolution, so any image
-(or SMEC piece) at most 16 px wide meets it: there `auto` trains in fp32 and `--amp bf16` is refused.
+Narrow inputs are excluded, because oneDNN 3.12 (torch 2.14.1) computes some bf16 stride-2 convolutions wrong
+(values of 1e35, inf or NaN, varying from call to call); the fp32 ones are right:
+- with AVX512-BF16 (its jit_bf16:avx512_core_bf16 backward-weights kernel): the weight gradient of a stride-2
+  convolution whose input map is one pixel wide;
+- with AMX (its brg_conv_fwd:avx10_1_512_amx forward and brgconv_bwd_w backward-weights kernels): the output of a
+  3 x 3 stride-2 convolution whose output map is one pixel wide (input one or two pixels wide, three or more
+  high) and its weight gradient for a one-pixel-wide input. Measured on an Intel Xeon with AMX (family 6, model
+  167) over ResNet-18's stride-2 convolutions, batches 8-64, both layouts, maps up to 8 x 8: nothing else is
+  wrong, and with `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`, which keeps oneDNN off AMX, none of these is.
+ResNet-18 halves the width four times before layer4's stride-2 convolution, which therefore sees ceil(w / 16)
+pixels of an image (or SMEC piece) w pixels wide: images up to 16 px wide (32 px with AMX) meet these kernels.
+There `auto` trains in fp32 and `--amp bf16` is refused (narrowest_bf16_cpu_width).
 """
 
 from __future__ import annotations
@@ -114,8 +121,23 @@ class Precision:
 
 
 # ResNet-18's stride-2 layers before layer4's stride-2 convolution (conv1, maxpool, layer2, layer3) each map a
-# width w to ceil(w / 2): that convolution sees ceil(w / 16), one pixel for any w <= 16.
-NARROWEST_BF16_CPU_WIDTH = 17
+# width w to ceil(w / 2): that convolution sees ceil(w / 16) pixels, one for any w <= 16, two for w <= 32.
+NARROWEST_BF16_CPU_WIDTH = 17  # AVX512-BF16: its input at least two pixels wide
+NARROWEST_BF16_AMX_WIDTH = 33  # AMX: its input at least three pixels wide, so that its output is two
+
+
+def amx_in_use() -> bool:
+    """Whether oneDNN runs bf16 convolutions on AMX here: the processor has AMX tiles and ONEDNN_MAX_CPU_ISA does
+    not cap oneDNN below them."""
+    if not _cpu_flag("_is_amx_tile_supported"):
+        return False
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    return cap == "ALL" or "AMX" in cap
+
+
+def narrowest_bf16_cpu_width() -> int:
+    """The narrowest image (or SMEC piece) in pixels that trains in bf16 on this CPU (module docstring)."""
+    return NARROWEST_BF16_AMX_WIDTH if amx_in_use() else NARROWEST_BF16_CPU_WIDTH
 
 
 def resolve_precision(amp: str, channels_last: str, device: torch.device | str,
@@ -126,7 +148,7 @@ def resolve_precision(amp: str, channels_last: str, device: torch.device | str,
     bf16 matrix instructions (cpu_bf16_support), fp32 NCHW elsewhere. On a CPU, channels_last `auto` follows
     the precision, so `--amp off` alone gives fp32 NCHW. fp16 needs CUDA (its gradient scaler, and CPUs
     have no fast fp16 path). `narrowest_width` is the width in pixels of the narrowest input the network
-    trains on (SMEC's pieces); on a CPU, below NARROWEST_BF16_CPU_WIDTH bf16 is not used (module docstring).
+    trains on (SMEC's pieces); on a CPU, below narrowest_bf16_cpu_width() bf16 is not used (module docstring).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -135,11 +157,14 @@ def resolve_precision(amp: str, channels_last: str, device: torch.device | str,
     else:
         if amp == "fp16":
             raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use bf16, off or auto")
-        too_narrow = narrowest_width is not None and narrowest_width < NARROWEST_BF16_CPU_WIDTH
+        narrowest = narrowest_bf16_cpu_width()
+        too_narrow = narrowest_width is not None and narrowest_width < narrowest
         if amp == "bf16" and too_narrow:
+            amx = (" with AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 keeps oneDNN off AMX, and its bf16 kernels are "
+                   f"right from {NARROWEST_BF16_CPU_WIDTH} px)") if narrowest == NARROWEST_BF16_AMX_WIDTH else ""
             raise ConfigError(f"--amp bf16 on the CPU: inputs {narrowest_width} px wide reach a stride-2 "
-                              f"convolution one pixel wide, whose bf16 weight gradient oneDNN gets wrong; use "
-                              f"--amp off, or images (or SMEC pieces) at least {NARROWEST_BF16_CPU_WIDTH} px wide")
+                              f"convolution so narrow that oneDNN's bf16 kernels get it wrong on this CPU{amx}; use "
+                              f"--amp off, or images (or SMEC pieces) at least {narrowest} px wide")
         if amp == "auto":
             native, what = cpu_bf16_support()
             chosen, reason = ("bf16" if native else "off"), f"CPU with {what}"
@@ -167,4 +192,5 @@ def fp32_region(device_type: str):
     return torch.autocast(device_type, enabled=False)
 
 
-__all__ = ["Precision", "autocast_context", "cpu_bf16_support", "cpu_identity", "describe_cpu", "fp32_region", "resolve_precision"]
+__all__ = ["Precision", "amx_in_use", "autocast_context", "cpu_bf16_support", "cpu_identity", "describe_cpu", "fp32_region",
+           "narrowest_bf16_cpu_width", "resolve_precision"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from smec_fast.errors import ConfigError
-from smec_fast.precision import cpu_bf16_support
+from smec_fast.precision import cpu_bf16_support, narrowest_bf16_cpu_width
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,9 @@ def test_bench_train_rows(tmp_path, fer_subset, with_data):
     out = tmp_path / "train.json"
     earlier = [{"method": "ce", "mode": "plain", "device": "cuda", "git": "0000000"}]
     out.write_text(json.dumps(earlier))
-    # 40 px: SMEC's 20-px pieces are wide enough for bf16 on the CPU (smec_fast.precision)
-    argv = ["--device", "cpu", "--image-size", "40", "--batch", "4", "--modes", "plain", "eager",
+    # SMEC's pieces wide enough for bf16 on this CPU (smec_fast.precision): 40 px, 72 px with AMX
+    side = 2 * narrowest_bf16_cpu_width() + 6
+    argv = ["--device", "cpu", "--image-size", str(side), "--batch", "4", "--modes", "plain", "eager",
             "--warmup", "0", "--steps", "1", "--repeats", "1", "--out", str(out)]
     if with_data:
         argv += ["--data", str(fer_subset), "--limit", "16", "--loader-steps", "1", "--num-workers", "0",
@@ -52,7 +53,7 @@ def test_bench_train_rows(tmp_path, fer_subset, with_data):
         for key in ("device", "image_size", "batch_size", "compiled", "step_ms", "images_per_s", "flops_per_step",
                     "git", "torch", "cpu"):
             assert key in r, key
-        assert r["image_size"] == 40 and r["batch_size"] == 4 and not r["compiled"] and r["step_ms"] > 0
+        assert r["image_size"] == side and r["batch_size"] == 4 and not r["compiled"] and r["step_ms"] > 0
         assert r["images_per_s"] == pytest.approx(4000 / r["step_ms"])
         assert r["cpu"]["native_bf16"] in (True, False)
     flops = {(r["method"], r["mode"]): r["flops_per_step"] for r in rows if not r["channels_last"] and r["amp"] == "off"}

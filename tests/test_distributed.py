@@ -33,12 +33,16 @@ RUN = ["--image-size", "32", "--synthetic-train-size", "128", "--synthetic-test-
 #   ELR targets, mean |t_two - t_one|            1.2e-4    (1.9e-2)
 # (one process with 1 thread against 2 threads: 2.2e-7, 1.6e-3, 8.2e-3, 1.2e-4). With the batch order of
 # the named random streams (smec_fast.seeding) the first epoch's loss differs by 3.5e-5: a sign that the
-# rounding flips in Adam's first step carries into the epoch's three later steps. The tolerances sit 6-30x
-# above the rounding and 3-25x below the half-batch error.
-FIRST_EPOCH_LOSS_TOL = 1e-3  # relative, every loss part of the first epoch (4 steps from equal weights)
-LOSS_TOL = 1e-2  # relative, every loss part of the later epochs
-UPDATE_TOL = 5e-2  # ||w_a - w_b|| / ||w_a - w_init||, all parameters
-TARGET_TOL = 1e-3  # mean absolute difference of the ELR targets
+# rounding flips in Adam's first step carries into the epoch's three later steps. On an Intel Xeon (family 6,
+# model 167; fp32 here, as the 16-px pieces keep every CPU in fp32) the same flips carry further: one process
+# against two gives 5.7e-4, 7.2e-3, 5.6e-2 and 1.7e-3 (half batch: 3.2e-2, 6.8e-2, 1.04, 2.1e-2), and one
+# test image of 48 tips over (as between 1 and 2 threads there: 5.6e-5, 1.3e-3, 2.3e-2, 5.2e-4). The
+# tolerances sit 3.5-7x above the largest rounding measured and 2.7-8x below the half-batch error.
+FIRST_EPOCH_LOSS_TOL = 4e-3  # relative, every loss part of the first epoch (4 steps from equal weights)
+LOSS_TOL = 2.5e-2  # relative, every loss part of the later epochs
+UPDATE_TOL = 0.2  # ||w_a - w_b|| / ||w_a - w_init||, all parameters
+TARGET_TOL = 6e-3  # mean absolute difference of the ELR targets
+TEST_IMAGES_TIPPED = 2  # of the 48 test images, those rounding may move to another class (half batch: 5)
 
 
 def _free_port() -> int:
@@ -139,8 +143,8 @@ def _compare(a_dir, b_dir):
         tol = FIRST_EPOCH_LOSS_TOL if epoch == 0 else LOSS_TOL
         for part, value in ha["train"].items():
             assert abs(hb["train"][part] - value) <= tol * max(1.0, abs(value)), (epoch, part, ha["train"], hb["train"])
-        # the same predictions, up to one of the 48 test images that rounding may tip over
-        assert abs(ha["test"]["accuracy"] - hb["test"]["accuracy"]) <= 100 / 48 + 1e-9
+        # the same predictions, up to the test images that rounding may tip over
+        assert abs(ha["test"]["accuracy"] - hb["test"]["accuracy"]) <= TEST_IMAGES_TIPPED * 100 / 48 + 1e-9
     wa = read_checkpoint(a_dir / "checkpoint.pt")
     wb = read_checkpoint(b_dir / "checkpoint.pt")
     assert wa["model"].keys() == wb["model"].keys()
