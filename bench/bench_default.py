@@ -9,7 +9,9 @@ consistency term: it must stay visibly nonzero), the training images/s and the p
 `--kinds` runs every candidate on this CPU as it is (`native`) and with oneDNN and ATen capped to AVX2
 (`avx2`: ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2), which runs the kernels an AVX2-only CPU (AMD Zen
 3) runs, in fp32 as `--amp auto` picks there, at this CPU's clock and cache: a stand-in for that kind, not a
-measurement of it. Rows are added to `--out` as they come, after the rows earlier runs left there (other
+measurement of it. `no-amx` (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16) keeps oneDNN off AMX on an Intel CPU with AMX,
+whose bf16 kernels are right for narrower inputs than AMX's (smec_fast.precision): there the default run's 32-px
+SMEC pieces train in bf16 instead of fp32. Rows are added to `--out` as they come, after the rows earlier runs left there (other
 machines, other commits), so a run cut short keeps what it measured and nothing measured before is lost.
 
     python bench/bench_default.py                                  # every candidate, native and avx2
@@ -51,7 +53,9 @@ CANDIDATES: dict[str, list[str]] = {
     "56px-e8": ["--image-size", "56", "--epochs", "8"],
     "56px-e7": ["--image-size", "56", "--epochs", "7", "--con-warmup-epochs", "1.75"],
 }
-KINDS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+KINDS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+         "no-amx": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}}
+CAPS = {"avx2": "capped to AVX2", "no-amx": "oneDNN kept off AMX"}
 
 
 def run_candidate(name: str, kind: str, workdir: Path, extra: list[str]) -> dict:
@@ -78,13 +82,13 @@ def run_candidate(name: str, kind: str, workdir: Path, extra: list[str]) -> dict
                 "image_size", "epochs", "batch_size", "lr", "lr_decay", "synthetic_train_size",
                 "synthetic_test_size", "con_warmup_epochs")},
             "cpu_kind": describe_cpu(cpu_identity()) if kind == "native" else
-            f"{describe_cpu(cpu_identity())}, capped to AVX2 ({', '.join(f'{k}={v}' for k, v in KINDS[kind].items())})"}
+            f"{describe_cpu(cpu_identity())}, {CAPS[kind]} ({', '.join(f'{k}={v}' for k, v in KINDS[kind].items())})"}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
-    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=["native", "avx2"])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "default_cpu.json")
     parser.add_argument("--extra", default="", help="options added to every candidate's command (quoted), e.g. "
                                                      "'--epochs 1' for a quick check that the script runs")
