@@ -48,6 +48,11 @@ class TrainingMethod(nn.Module):
     def set_progress(self, epochs_done: float) -> None:
         """Called before every step with the fraction of training done, in epochs."""
 
+    def epoch_stats(self) -> dict[str, float]:
+        """Called after every training epoch: figures of the epoch, added to its training row (log.csv's
+        train_* columns, metrics.json's history) beside the mean loss parts."""
+        return {}
+
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return seeding.stream("method", seed, epoch, stream)
@@ -240,6 +245,10 @@ class ScnMethod(TrainingMethod):
       exceeds the probability of its label by more than margin_relabel = 0.2 takes the predicted class as its
       label from then on (written by `end_step`, after the step's backward).
     Loss: CE + L_RR. At test time the plain classifier is used (a positive alpha does not change argmax).
+    Every epoch's row counts the labels the epoch changed (`relabel_changed`) and, given the clean labels
+    (`clean_labels`, known when the noise was applied to known labels), how many of those changes restored the
+    clean label (`relabel_restored`), how many replaced a clean label by another (`relabel_overwrote`), and the
+    share of training labels that are wrong after the epoch (`labels_wrong`).
 
     `official=False` (the shared recipe, the paper's description): the high group is round(beta * B) samples;
     only the low-importance group is relabelled, by the probabilities of the unweighted logits, and a new label
@@ -263,7 +272,8 @@ class ScnMethod(TrainingMethod):
     sample_state = ("labels",)
 
     def __init__(self, labels: torch.Tensor, beta: float = 0.7, margin_rank: float = 0.15,
-                 margin_relabel: float = 0.2, relabel_epoch: int = 10, official: bool = False):
+                 margin_relabel: float = 0.2, relabel_epoch: int = 10, official: bool = False,
+                 clean_labels: torch.Tensor | None = None):
         super().__init__()
         self.attention = nn.Sequential(nn.Linear(FEATURE_CHANNELS, 1), nn.Sigmoid())
         self.beta = beta
@@ -278,6 +288,9 @@ class ScnMethod(TrainingMethod):
         self.register_buffer("given_labels", labels.clone().long())  # (N,) the labels the run started with
         # (N,) the labels at the epoch's start, which the official recipe's steps read
         self.register_buffer("epoch_labels", labels.clone().long(), persistent=False)
+        # (N,) the labels before any noise, for the epoch's relabelling counts only
+        self.register_buffer("clean_labels", None if clean_labels is None else clean_labels.clone().long(),
+                             persistent=False)
         self.generator = _epoch_generator(0, 0, stream=3)
         self.noise = PixelNoise(stream=3)
 
@@ -295,6 +308,15 @@ class ScnMethod(TrainingMethod):
             self.labels[rows] = new_labels
             self.pending = None
         super().end_step(index)
+
+    def epoch_stats(self) -> dict[str, float]:
+        changed = self.labels != self.epoch_labels  # (N,) each sample is visited once an epoch
+        stats = {"relabel_changed": changed.sum()}
+        if self.clean_labels is not None:
+            stats["relabel_restored"] = (changed & (self.labels == self.clean_labels)).sum()
+            stats["relabel_overwrote"] = (changed & (self.epoch_labels == self.clean_labels)).sum()
+            stats["labels_wrong"] = (self.labels != self.clean_labels).float().mean()
+        return {name: value.item() for name, value in stats.items()}
 
     def high_group_size(self, batch: int) -> int:
         n = int(self.beta * batch) if self.official else int(round(self.beta * batch))
@@ -429,8 +451,10 @@ def narrowest_input_width(cfg: TrainConfig) -> int:
     return cfg.image_size // cfg.grid[1] if cfg.method == "smec" else cfg.image_size
 
 
-def build_method(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, noise_rate: float) -> TrainingMethod:
-    """The objective of `cfg.method` for a training split with these (possibly noisy) labels."""
+def build_method(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, noise_rate: float,
+                 clean_labels: torch.Tensor | None = None) -> TrainingMethod:
+    """The objective of `cfg.method` for a training split with these (possibly noisy) labels; `clean_labels`, where
+    known, only feeds figures a method reports (SCN's relabelling counts)."""
     n = labels.numel()
     if cfg.method == "ce":
         return CrossEntropyMethod()
@@ -446,7 +470,7 @@ def build_method(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, noise
         return EacMethod(cfg.eac_lambda, official=official, noisy_labels=noise_rate > 0)
     if cfg.method == "scn":
         return ScnMethod(labels, cfg.scn_beta, cfg.scn_margin_rank, cfg.scn_margin_relabel, cfg.scn_relabel_epoch,
-                         official=official)
+                         official=official, clean_labels=clean_labels)
     if cfg.method == "rul":
         return RulMethod(official=official, image_size=cfg.image_size)
     raise ValueError(f"unknown method {cfg.method!r}")

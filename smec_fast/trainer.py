@@ -119,8 +119,8 @@ class TrainingObjective(torch.nn.Module):
 def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loader: SplitLoader, epoch: int,
                     cfg: TrainConfig, precision: Precision, meter: EpochMeter, bar: tqdm | None = None,
                     profiler: StepProfiler | None = None) -> dict[str, float]:
-    """One pass over the training split; returns the mean of each loss part (over all processes), and leaves
-    the epoch's throughput in `meter`.
+    """One pass over the training split; returns the mean of each loss part (over all processes) and the method's
+    figures of the epoch (TrainingMethod.epoch_stats), and leaves the epoch's throughput in `meter`.
 
     `objective` may be the compiled TrainingObjective; nothing in the step reads the device back except the
     progress bar, every LOG_INTERVAL steps. `profiler` sees every step's index, counted across epochs.
@@ -172,7 +172,7 @@ def train_one_epoch(objective: torch.nn.Module, method, optimizer, scaler, loade
     if not all(math.isfinite(v) for v in means.values()):
         raise TrainingDiverged(f"the training loss became {means['loss']} in epoch {epoch + 1}; "
                                f"try a lower --lr (now {cfg.lr})")
-    return means
+    return {**means, **method.epoch_stats()}
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -318,7 +318,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     model = build_model(cfg.method, cfg.recipe, k, cfg.image_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, cfg.pretrained_head, data.class_names)
-    method = build_method(cfg, data.train.labels, k, data.noise.rate)
+    method = build_method(cfg, data.train.labels, k, data.noise.rate, clean_labels=data.train.clean_labels)
     if state is not None:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])

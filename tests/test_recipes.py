@@ -56,9 +56,12 @@ def test_official_recipe_sets_the_released_codes_values_and_the_command_line_win
 
 def test_recipe_values_per_method():
     eac, scn, rul = (resolve_config(cli_values={"method": m, "recipe": "official"}) for m in ("eac", "scn", "rul"))
-    assert (eac.lr, eac.batch_size, eac.eac_lambda) == (2e-4, 32, 5.0)
-    assert (scn.lr, scn.batch_size, scn.scn_margin_rank, scn.scn_relabel_epoch) == (1e-3, 64, 0.07, 9)
-    assert (rul.lr, rul.batch_size) == (2e-4, 64)
+    assert (eac.epochs, eac.lr, eac.batch_size, eac.eac_lambda) == (60, 2e-4, 32, 5.0)
+    # SCN's src/train.py trains 70 epochs, the others' code 60
+    assert (scn.epochs, scn.lr, scn.batch_size, scn.scn_margin_rank, scn.scn_relabel_epoch) == (70, 1e-3, 64, 0.07, 9)
+    assert (rul.epochs, rul.lr, rul.batch_size) == (60, 2e-4, 64)
+    assert describe_recipe(scn).startswith("official (SCN's released code): epochs 70, lr 0.001")
+    assert describe_recipe(resolve_config(cli_values={"method": "scn", "epochs": 12})).startswith("shared: epochs 12,")
     smec = resolve_config(cli_values={"method": "smec", "recipe": "official"})
     assert smec.lr == resolve_config(cli_values={"method": "smec"}).lr  # SMEC's own recipe is the shared one
     with pytest.raises(ConfigError, match="--recipe must be one of shared, official"):
@@ -250,6 +253,35 @@ def test_scn_shared_relabels_only_the_low_group_by_unweighted_outputs():
     assert method.labels[:b].tolist() == [2, 2] + [0] * 6  # the 2 of 8 outside round(0.75 * 8) = 6
 
 
+@pytest.mark.parametrize("official", [False, True])
+def test_scn_counts_the_epochs_relabelling_against_the_clean_labels(official):
+    clean = torch.tensor([2, 2, 2, 2, 0, 0, 0, 0])
+    noisy = torch.tensor([0, 0, 2, 2, 0, 0, 0, 0])  # samples 0 and 1 carry a wrong label
+    logits = torch.zeros(8, 7)
+    logits[:6, 2] = 10.0  # the model says class 2 for samples 0-5: it restores 0 and 1 and overwrites 4 and 5
+    feat = torch.zeros(8, 512, 1, 1)
+    feat[6:, 0] = 5.0  # samples 6 and 7 most important: the high group of round(0.25 * 8) = 2, the rest low
+    method = ScnMethod(noisy, beta=0.25, relabel_epoch=0, official=official, clean_labels=clean)
+    with torch.no_grad():
+        method.attention[0].weight.zero_()
+        method.attention[0].weight[0, 0] = 1.0
+        method.attention[0].bias.zero_()
+    method.start_epoch(0, seed=0)
+    assert method.epoch_stats() == {"relabel_changed": 0, "relabel_restored": 0, "relabel_overwrote": 0,
+                                    "labels_wrong": pytest.approx(2 / 8)}
+    index = torch.arange(8)
+    method(FixedNet(logits, feat), torch.zeros(8, 3, 8, 8), None, index)
+    method.end_step(index)
+    assert method.labels.tolist() == [2, 2, 2, 2, 2, 2, 0, 0]
+    assert method.epoch_stats() == {"relabel_changed": 4, "relabel_restored": 2, "relabel_overwrote": 2,
+                                    "labels_wrong": pytest.approx(2 / 8)}
+    method.start_epoch(1, seed=0)  # the next epoch counts its own changes
+    assert method.epoch_stats()["relabel_changed"] == 0
+    without = ScnMethod(noisy, relabel_epoch=0, official=official)
+    without.start_epoch(0, seed=0)
+    assert without.epoch_stats() == {"relabel_changed": 0}
+
+
 def test_scn_high_group_is_truncated_officially_and_rounded_otherwise():
     # beta = 0.75 of 10: int() gives 7, round() 8
     assert _scn(official=True).high_group_size(10) == 7
@@ -357,6 +389,28 @@ def test_official_runs_decay_the_learning_rate_per_epoch(official_runs, method):
     groups = checkpoint["optimizer"]["param_groups"]
     expected = [recipe["lr"] * 0.81] + ([recipe["lr"] * 10 * 0.81] if method == "rul" else [])
     assert [g["lr"] for g in groups] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("recipe", ["shared", "official"])
+def test_scn_run_reports_each_epochs_relabelling(tmp_path, recipe):
+    """Through the trainer: the counts are in every epoch's row, and they add up. A label is wrong after an epoch
+    when it was wrong before and not restored, or clean before and overwritten."""
+    cfg = {**TINY, "method": "scn", "recipe": recipe, "epochs": 3, "scn_relabel_epoch": 1, "scn_margin_relabel": 0.0,
+           "noise_rate": 0.4, "out": str(tmp_path / "scn")}
+    metrics = train(resolve_config(cli_values=cfg))
+    n = metrics["num_train"]
+    rows = [h["train"] for h in metrics["history"]]
+    assert rows[0]["relabel_changed"] == 0 and rows[0]["labels_wrong"] == pytest.approx(metrics["noise"]["changed"] / n)
+    assert sum(r["relabel_changed"] for r in rows) > 0
+    for before, after in zip(rows, rows[1:]):
+        assert after["relabel_restored"] + after["relabel_overwrote"] <= after["relabel_changed"]
+        wrong = round(before["labels_wrong"] * n) - after["relabel_restored"] + after["relabel_overwrote"]
+        assert round(after["labels_wrong"] * n) == wrong
+    state = torch.load(tmp_path / "scn" / "checkpoint.pt", weights_only=True)["method"]
+    assert int((state["labels"] != state["given_labels"]).sum()) <= sum(r["relabel_changed"] for r in rows)
+    header = next(csv.reader((tmp_path / "scn" / "log.csv").open()))
+    assert {"train_relabel_changed", "train_relabel_restored", "train_relabel_overwrote",
+            "train_labels_wrong"} <= set(header)
 
 
 def test_official_rul_checkpoint_predicts_and_refuses_cams(official_runs, tmp_path):

@@ -42,8 +42,9 @@ fi
 
 # 2. Half B, 4,000 faces (3,600 train + 400 validation), 10 epochs, the paper's Adam lr 1e-4 and batch 64,
 #    the classifier initialised afresh (as from MS-Celeb-1M's face-identity weights).
-base=(--dataset folder --data "$WORK/data/halfB" --pretrained "$WORK/backbone.pt" --pretrained-head drop
-      --image-size $SIZE --max-train-samples 4000 --val-fraction 0.1 --epochs 10 --num-workers 2 --progress false)
+faces=(--dataset folder --data "$WORK/data/halfB" --pretrained "$WORK/backbone.pt" --pretrained-head drop
+       --max-train-samples 4000 --val-fraction 0.1 --num-workers 2 --progress false)
+base=("${faces[@]}" --image-size $SIZE --epochs 10)
 common=("${base[@]}" --batch-size 64 --lr 1e-4)
 # 40 % noise, seed by seed so that a sitting cut short has every method on the same seeds
 for seeds in 0 0,1 0,1,2; do
@@ -85,3 +86,27 @@ for seeds in 0 0,1 0,1,2; do
   $SMEC sweep --methods $baselines --noise-rates 0.4 --seeds $seeds --out "$here/baselines" "${base[@]}"
 done
 python3 "$here/baselines.py" "$here"
+
+# 7. Every method to its plateau: the eight variants of steps 2 and 6 (shared SMEC, EAC, ELR, CE and SCN; official
+#    EAC, SCN and RUL) for 30 epochs in plateau/, seed by seed. The SMEC and EAC runs whose best validation epoch
+#    falls in their last 3 go on to 45 epochs in plateau45/ (plateau.py extend: resumed from the 30-epoch
+#    checkpoint where this machine still has it, else trained again, to the same first 30 epochs).
+plateau=smec,eac,elr,ce,scn,eac:recipe=official:label=eac-official,scn:recipe=official:label=scn-official
+plateau=$plateau,rul:recipe=official:label=rul-official
+for seeds in 0 0,1 0,1,2; do
+  $SMEC sweep --methods $plateau --noise-rates 0.4 --seeds $seeds --out "$here/plateau" "${faces[@]}" \
+    --image-size $SIZE --epochs 30
+  python3 "$here/plateau.py" extend "$here" --seeds $seeds > "$WORK/extend.txt"
+  while read -r variant seed; do
+    $SMEC sweep --methods "$variant" --noise-rates 0.4 --seeds "$seed" --out "$here/plateau45" "${faces[@]}" \
+      --image-size $SIZE --epochs 45 < /dev/null
+  done < "$WORK/extend.txt"
+  python3 "$here/plateau.py" table "$here"
+  # 8. after seed 0: SMEC's CAM fine enough to split, 192 px (layer4 maps 6 x 6, the halves' 6 x 3 tile them
+  #    without a resize), from the same backbone and faces, 20 epochs; the 96 px twins are plateau/ cut at 20.
+  if [ "$seeds" = 0 ]; then
+    $SMEC sweep --methods smec,eac,elr --noise-rates 0.4 --seeds 0 --out "$here/size192" "${faces[@]}" \
+      --image-size 192 --epochs 20
+    python3 "$here/plateau.py" table "$here"
+  fi
+done

@@ -1,0 +1,265 @@
+"""Every method trained to its plateau, and SMEC at 192 px: the tables, curves and SCN relabelling counts.
+
+    python3 docs/results/fer2013-pretrained/plateau.py table docs/results/fer2013-pretrained
+    python3 docs/results/fer2013-pretrained/plateau.py extend docs/results/fer2013-pretrained --seeds 0,1
+
+`table` reads the runs under `plateau/` (the eight variants of the 10-epoch comparison trained for 30 epochs),
+`plateau45/` (those continued to 45 epochs) and `size192/` (SMEC, EAC and ELR at 192 px), straight from each
+run's metrics.json, and writes:
+- `plateau.md`: for each variant, the figures of baselines.md (final, balanced, selected, best accuracy and the
+  label audit's noise AUROC) at each epoch cut (10, 20, 30, and 45 where continued): the first epochs of a longer
+  run are the run of that length, as nothing in a run depends on its epoch budget (constant or per-epoch learning
+  rates, epoch-seeded data order); the AUROC exists only at a run's end. Then each run's best epoch by test and
+  by validation accuracy; then 192 px against 96 px at the same epoch count; then SCN's relabelling by epoch.
+- `plateau.png`: test accuracy by epoch, mean and spread (min to max) over seeds, a line per variant, the 10-epoch
+  cut marked; `size192.png` the same for the 192 px runs and their 96 px twins.
+
+`extend` prints, one per line, the sweep variant and seed of every SMEC and EAC run in `plateau/` whose best
+validation epoch falls in its last LAST epochs (3), and seeds its `plateau45/` folder with a copy of the run
+(checkpoint included, where this machine still has it) so that the 45-epoch sweep resumes from epoch 30 instead of
+training it again; run.sh feeds the lines to `smec-fast sweep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+RATE = "noise40"
+# label -> (row name, recipe, the `smec-fast sweep --methods` variant that trains it)
+VARIANTS = {
+    "smec": ("SMEC", "shared (the paper's)", "smec"),
+    "eac": ("EAC", "shared", "eac"),
+    "eac-official": ("EAC", "official", "eac:recipe=official:label=eac-official"),
+    "scn": ("SCN", "shared", "scn"),
+    "scn-official": ("SCN", "official", "scn:recipe=official:label=scn-official"),
+    "rul-official": ("RUL", "official", "rul:recipe=official:label=rul-official"),
+    "elr": ("ELR (CE + ELR)", "shared", "elr"),
+    "ce": ("CE", "shared", "ce"),
+}
+EXTENDED = ("smec", "eac", "eac-official")  # continued to 45 epochs where they have not peaked by 30
+CUTS = (10, 20, 30, 45)
+
+
+def runs(folder: Path) -> dict[str, list[dict]]:
+    """label -> the finished runs' metrics under folder/<label>/noise40/seed*/, sorted by seed."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob(f"*/{RATE}/seed*/metrics.json")):
+        found.setdefault(path.parents[2].name, []).append(json.loads(path.read_text()))
+    return {label: sorted(cells, key=lambda m: m["config"]["seed"]) for label, cells in found.items()}
+
+
+def at_cut(metrics: dict, cut: int) -> dict | None:
+    """The figures of a run as if it had stopped after `cut` epochs (None when it trained fewer)."""
+    history = metrics["history"][:cut]
+    if len(history) < cut:
+        return None
+    last = history[-1]
+    chosen = max(history, key=lambda h: h["val"]["accuracy"]) if "val" in last else None
+    best = max(history, key=lambda h: h["test"]["accuracy"])
+    return {
+        "final": last["test"]["accuracy"],
+        "balanced": last["test"]["balanced_accuracy"],
+        "selected": chosen["test"]["accuracy"] if chosen else None,
+        "best": best["test"]["accuracy"],
+        "best_epoch": best["epoch"],
+        "selected_epoch": chosen["epoch"] if chosen else None,
+        "auroc": (metrics.get("label_audit") or {}).get("auroc") if cut == len(metrics["history"]) else None,
+    }
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def figures_table(rows: list[tuple[str, str, list[dict]]], cut: int) -> str:
+    """One table like baselines.md for the runs cut at `cut` epochs; rows whose runs are shorter are left out."""
+    head = ["method", "recipe", "seeds", "final acc.", "balanced acc.", "selected acc.", "best acc.", "noise AUROC"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, recipe, cells in rows:
+        cut_cells = [(m["config"]["seed"], at_cut(m, cut)) for m in cells]
+        cut_cells = [(seed, f) for seed, f in cut_cells if f is not None]
+        if not cut_cells:
+            continue
+        figures = [f for _, f in cut_cells]
+        lines.append("| " + " | ".join([
+            name, recipe, ", ".join(str(seed) for seed, _ in cut_cells),
+            *(fmt([f[key] for f in figures]) for key in ("final", "balanced", "selected", "best")),
+            fmt([f["auroc"] for f in figures], 3)]) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def best_epochs_table(rows: list[tuple[str, str, list[dict]]]) -> str:
+    head = ["method", "recipe", "seed", "epochs", "best epoch by test (acc.)", "best epoch by validation (test acc.)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, recipe, cells in rows:
+        for m in cells:
+            f = at_cut(m, len(m["history"]))
+            chosen = "-" if f["selected_epoch"] is None else f"{f['selected_epoch']} ({f['selected']:.2f})"
+            lines.append(f"| {name} | {recipe} | {m['config']['seed']} | {len(m['history'])} | "
+                         f"{f['best_epoch']} ({f['best']:.2f}) | {chosen} |")
+    return "\n".join(lines) + "\n"
+
+
+def relabel_table(rows: list[tuple[str, str, list[dict]]]) -> str:
+    """SCN's relabelling by epoch: labels changed, of them restored to the clean label and overwriting a clean
+    one, and the share of wrong training labels after the epoch; mean over the seeds."""
+    head = ["method", "recipe", "epoch", "seeds", "changed", "restored", "overwrote", "wrong labels after (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, recipe, cells in rows:
+        if not name.startswith("SCN"):
+            continue
+        epochs = max(len(m["history"]) for m in cells)
+        for e in range(epochs):
+            entries = [m["history"][e]["train"] for m in cells if len(m["history"]) > e]
+            entries = [t for t in entries if "relabel_changed" in t]
+            if not entries:
+                continue
+            mean = {k: statistics.fmean(t[k] for t in entries if k in t) if any(k in t for t in entries) else None
+                    for k in ("relabel_changed", "relabel_restored", "relabel_overwrote", "labels_wrong")}
+            if mean["labels_wrong"] is not None:
+                mean["labels_wrong"] *= 100
+            cells_text = ["-" if mean[k] is None else f"{mean[k]:.{2 if k == 'labels_wrong' else 1}f}"
+                          for k in ("relabel_changed", "relabel_restored", "relabel_overwrote", "labels_wrong")]
+            lines.append(f"| {name} | {recipe} | {e + 1} | {len(entries)} | " + " | ".join(cells_text) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def merged(base: dict[str, list[dict]], longer: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each label's runs, a continued run (plateau45/) standing in for its 30-epoch one (the same first epochs)."""
+    out = {}
+    for label, cells in base.items():
+        extra = {m["config"]["seed"]: m for m in longer.get(label, [])}
+        out[label] = [extra.get(m["config"]["seed"], m) for m in cells]
+    return out
+
+
+def ordered(found: dict[str, list[dict]]) -> list[tuple[str, str, list[dict]]]:
+    return [(VARIANTS[label][0], VARIANTS[label][1], found[label]) for label in VARIANTS if label in found]
+
+
+def plot_curves(series: list[tuple[str, list[dict]]], path: Path, title: str, cut: int | None = 10) -> None:
+    """Test accuracy by epoch, mean (line) and min-max over seeds (band), one line per (name, runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, cells in series:
+        epochs = max(len(m["history"]) for m in cells)
+        xs, mean, low, high = [], [], [], []
+        for e in range(epochs):
+            values = [m["history"][e]["test"]["accuracy"] for m in cells if len(m["history"]) > e]
+            xs.append(e + 1)
+            mean.append(statistics.fmean(values))
+            low.append(min(values))
+            high.append(max(values))
+        seeds = ",".join(str(m["config"]["seed"]) for m in cells)
+        line, = ax.plot(xs, mean, label=f"{name} (seeds {seeds})", lw=1.6)
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, lw=0)
+    if cut is not None:
+        ax.axvline(cut, color="grey", ls="--", lw=1)
+        ax.text(cut + 0.2, ax.get_ylim()[0] + 0.5, f"{cut}-epoch runs stop here", color="grey", fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+NOTE = ("FER2013, pretrained regime, 40 % noise; mean ± sample std over the seeds named (one value where one seed "
+        "ran). Each table cuts every run at an epoch count: final and balanced accuracy at that epoch; selected: "
+        "test accuracy at the epoch of best validation accuracy up to it; best: maximum test accuracy up to it; "
+        "noise AUROC: the label audit's ranking of the flipped training labels, computed once, at a run's last "
+        "epoch.\n\n")
+
+
+def write_tables(root: Path) -> str:
+    plateau = runs(root / "plateau")
+    longer = runs(root / "plateau45")
+    size192 = runs(root / "size192")
+    if not plateau:
+        raise SystemExit(f"{root / 'plateau'}: no finished run yet")
+    rows = ordered(merged(plateau, longer))
+    parts = [NOTE]
+    for cut in CUTS:
+        text = figures_table(rows, cut)
+        if text:
+            parts.append(f"## After {cut} epochs\n\n{text}\n")
+    parts.append("## Best epochs of each run\n\n" + best_epochs_table(rows) + "\n")
+    if size192:
+        pairs = []
+        for label in (label for label in VARIANTS if label in size192):
+            name, recipe, _ = VARIANTS[label]
+            cells = size192[label]
+            twins = [m for m in plateau.get(label, []) if m["config"]["seed"] in {c["config"]["seed"] for c in cells}]
+            pairs += [(f"{name}, 192 px", recipe, cells), (f"{name}, 96 px", recipe, twins)]
+        epochs = min(len(m["history"]) for cells in size192.values() for m in cells)
+        parts.append(f"## 192 px against 96 px, {epochs} epochs each\n\n"
+                     "The 96 px rows are the 30-epoch runs cut at the 192 px runs' epoch count.\n\n"
+                     + figures_table(pairs, epochs) + "\n")
+        plot_curves([(name, cells) for name, _, cells in pairs if cells], root / "size192.png",
+                    "FER2013, pretrained regime, 40 % noise: 192 px against 96 px (mean, min-max over seeds)")
+    relabel = relabel_table(rows)
+    if relabel:
+        parts.append("## SCN's relabelling by epoch (mean over seeds)\n\n" + relabel)
+    text = "".join(parts)
+    (root / "plateau.md").write_text(text, encoding="utf-8")
+    plot_curves([(f"{name}, {recipe}", cells) for name, recipe, cells in rows], root / "plateau.png",
+                "FER2013, pretrained regime, 40 % noise: test accuracy by epoch (mean, min-max over seeds)")
+    return text
+
+
+def extend(root: Path, seeds: set[int] | None, last: int) -> list[tuple[str, int]]:
+    """The (sweep variant, seed) of every SMEC or EAC run in plateau/ whose best validation epoch is among its last
+    `last`, each with its plateau45/ folder seeded from the finished run where that folder is still empty."""
+    todo = []
+    for label, cells in runs(root / "plateau").items():
+        if label not in EXTENDED:
+            continue
+        for m in cells:
+            seed = m["config"]["seed"]
+            if seeds is not None and seed not in seeds:
+                continue
+            f = at_cut(m, len(m["history"]))
+            if f["selected_epoch"] is None or f["selected_epoch"] <= len(m["history"]) - last:
+                continue
+            source = root / "plateau" / label / RATE / f"seed{seed}"
+            target = root / "plateau45" / label / RATE / f"seed{seed}"
+            if (source / "checkpoint.pt").exists() and not target.exists():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("metrics.json", "label_audit.csv"))
+            todo.append((VARIANTS[label][2], seed))
+    return todo
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("table", "extend"))
+    parser.add_argument("root", type=Path, nargs="?", default=Path(__file__).parent)
+    parser.add_argument("--seeds", help="extend: only these seeds (comma-separated)")
+    parser.add_argument("--last", type=int, default=3, help="extend: how many last epochs count as not peaked")
+    args = parser.parse_args(argv[1:])
+    if args.action == "table":
+        print(write_tables(args.root), end="")
+        return 0
+    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
+    for variant, seed in extend(args.root, seeds, args.last):
+        print(variant, seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

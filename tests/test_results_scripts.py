@@ -1,0 +1,91 @@
+"""The scripts that turn the committed runs under docs/results/ into tables and figures."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+PRETRAINED = REPO / "docs" / "results" / "fer2013-pretrained"
+
+
+def load(name: str):
+    sys.path.insert(0, str(PRETRAINED))  # the scripts import each other by name
+    try:
+        spec = importlib.util.spec_from_file_location(name, PRETRAINED / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(PRETRAINED))
+    return module
+
+
+def fake_run(root, folder, label, seed, test, val, auroc=0.8, relabel=None, checkpoint=False):
+    """A finished run's folder: metrics.json whose history has these test and validation accuracies."""
+    history = []
+    for e, (t, v) in enumerate(zip(test, val)):
+        train = {"loss": 1.0}
+        if relabel is not None:
+            train.update(relabel[e])
+        history.append({"epoch": e + 1, "train": train, "val": {"accuracy": v, "balanced_accuracy": v - 5},
+                        "test": {"accuracy": t, "balanced_accuracy": t - 10}})
+    cell = root / folder / label / "noise40" / f"seed{seed}"
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text(json.dumps({"history": history, "config": {"seed": seed},
+                                                   "label_audit": {"auroc": auroc}}))
+    if checkpoint:
+        (cell / "checkpoint.pt").write_bytes(b"weights")
+    return cell
+
+
+def test_plateau_cuts_each_run_at_every_epoch_count_and_extends_the_unpeaked(tmp_path):
+    plateau = load("plateau")
+    rising = [40.0 + e for e in range(30)]  # still climbing at 30: best validation epoch 30
+    peaked = [50.0 - abs(e - 4) for e in range(30)]  # peaks at epoch 5
+    fake_run(tmp_path, "plateau", "smec", 0, rising, rising, auroc=0.9, checkpoint=True)
+    fake_run(tmp_path, "plateau", "smec", 1, [v + 2 for v in rising], rising, auroc=0.7)
+    fake_run(tmp_path, "plateau", "eac", 0, peaked, peaked)
+    fake_run(tmp_path, "plateau", "ce", 0, peaked, peaked)  # never extended: not SMEC or EAC
+
+    todo = plateau.extend(tmp_path, seeds={0}, last=3)
+    assert todo == [("smec", 0)]
+    seeded = tmp_path / "plateau45" / "smec" / "noise40" / "seed0"
+    assert (seeded / "checkpoint.pt").read_bytes() == b"weights" and not (seeded / "metrics.json").exists()
+    assert plateau.extend(tmp_path, seeds=None, last=3) == [("smec", 0), ("smec", 1)]
+    assert not (tmp_path / "plateau45" / "smec" / "noise40" / "seed1").exists()  # no checkpoint left to copy
+
+    text = plateau.write_tables(tmp_path)
+    after10 = text.split("## After 10 epochs")[1].split("##")[0]
+    # SMEC at 10 epochs: final 49 and 51 (mean 50, std 1.41), selected = final (validation rises), no AUROC yet
+    assert "| SMEC | shared (the paper's) | 0, 1 | 50.00 ± 1.41 | 40.00 ± 1.41 | 50.00 ± 1.41 | 50.00 ± 1.41 | - |" \
+        in after10
+    assert "| EAC | shared | 0 | 45.00 | 35.00 | 50.00 | 50.00 | - |" in after10
+    after30 = text.split("## After 30 epochs")[1].split("##")[0]
+    assert "| 0.800 ± 0.141 |" in after30  # the AUROC at the runs' last epoch
+    assert "## After 45 epochs" not in text
+    assert "| EAC | shared | 0 | 30 | 5 (50.00) | 5 (50.00) |" in text
+    assert (tmp_path / "plateau.png").stat().st_size > 0
+
+
+def test_plateau_shows_192_px_beside_its_96_px_twins_and_scn_relabelling(tmp_path):
+    plateau = load("plateau")
+    curve = [40.0 + e for e in range(30)]
+    fake_run(tmp_path, "plateau", "smec", 0, curve, curve)
+    fake_run(tmp_path, "size192", "smec", 0, [60.0] * 20, [60.0] * 20, auroc=0.95)
+    counts = [{"relabel_changed": 0, "relabel_restored": 0, "relabel_overwrote": 0, "labels_wrong": 0.4}] * 10
+    counts += [{"relabel_changed": 30, "relabel_restored": 20, "relabel_overwrote": 4, "labels_wrong": 0.396}] * 20
+    fake_run(tmp_path, "plateau", "scn", 0, curve, curve, relabel=counts)
+    text = plateau.write_tables(tmp_path)
+    size = text.split("## 192 px against 96 px, 20 epochs each")[1].split("##")[0]
+    assert "| SMEC, 192 px | shared (the paper's) | 0 | 60.00 | 50.00 | 60.00 | 60.00 | 0.950 |" in size
+    assert "| SMEC, 96 px | shared (the paper's) | 0 | 59.00 | 49.00 | 59.00 | 59.00 | - |" in size
+    relabel = text.split("## SCN's relabelling by epoch")[1]
+    assert "| SCN | shared | 11 | 1 | 30.0 | 20.0 | 4.0 | 39.60 |" in relabel
+    assert (tmp_path / "size192.png").exists()
+
+
+def test_plateau_refuses_an_empty_folder(tmp_path):
+    with pytest.raises(SystemExit, match="no finished run"):
+        load("plateau").write_tables(tmp_path)
