@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.10",
     # `kernels/` lives at the top of the repository (next to `bench/` and `tests/`) but installs as
     # `smec_fast.kernels`, so user code always imports it through the package.
-    packages=["smec_fast", "smec_fast.data", "smec_fast.kernels"],
+    packages=["smec_fast", "smec_fast.data", "smec_fast.methods", "smec_fast.kernels"],
     package_dir={"smec_fast": "smec_fast", "smec_fast.kernels": "kernels"},
     install_requires=[
         "torch==2.14.1",

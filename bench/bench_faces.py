@@ -44,7 +44,7 @@ from benchenv import REPO, cpu_features, git_sha, versions
 from faces_compose import compose, random_scene, to_crop
 
 from smec_fast.faces import Face, FaceDetector
-from smec_fast.io import atomic_write_json
+from smec_fast.atomic import atomic_write_json
 
 # MediaPipe face-mesh indices of the five points (image left first): each eye's two corners and two lids, the
 # nose tip, the mouth corners

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from smec_fast.io import atomic_write_json
+from smec_fast.atomic import atomic_write_json
 from smec_fast.precision import cpu_identity, describe_cpu
 from smec_fast.provenance import git_revision
 

@@ -23,7 +23,7 @@ import torch
 from benchenv import device_name, git_sha, versions
 
 
-from smec_fast.io import atomic_write_json
+from smec_fast.atomic import atomic_write_json
 
 
 def nvidia_smi() -> dict:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from smec_fast.data.split import ImageSplit
+from smec_fast.data.image_split import ImageSplit
 from smec_fast.distributed import all_reduce_sum
-from smec_fast.io import atomic_write_bytes, atomic_write_text
+from smec_fast.atomic import atomic_write_bytes, atomic_write_text
 from smec_fast.precision import autocast_context
 
 AUDIT_FILE = "label_audit.csv"

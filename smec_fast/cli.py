@@ -17,7 +17,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from smec_fast.config import FIELDS, coerce, grid_text, load_config_file, resolve_config, unknown_key_message
+from smec_fast.config import FIELDS, load_config_file, option_values, resolve_config, unknown_key_message
+from smec_fast.grid import SPLITS, grid_text
 from smec_fast.errors import ConfigError, DataError, SmecFastError, first_line
 
 PROG = "smec-fast"
@@ -43,6 +44,9 @@ def _add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...
         extra = {"nargs": "?", "const": "true"} if "bool" in kind else {}
         parser.add_argument(*flags, dest=f"cfg_{name}", default=argparse.SUPPRESS, metavar="VALUE",
                             help=f"(default {default})", **extra)
+    parser.add_argument("--split", dest="cfg_split", default=argparse.SUPPRESS, metavar="VALUE",
+                        help=f"{' or '.join(SPLITS)}: another spelling of --grid "
+                             f"({', '.join(f'{k} = {grid_text(v)}' for k, v in SPLITS.items())})")
 
 
 def _add_split_options(parser: argparse.ArgumentParser, split: str, out_prefix: str) -> None:
@@ -221,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
-    cli_values = {key[4:]: coerce(key[4:], value, "command line")
-                  for key, value in vars(args).items() if key.startswith("cfg_")}
+    cli_values = option_values({key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_")},
+                               "command line")
     return resolve_config(file_values, cli_values)
 
 
@@ -275,7 +279,7 @@ def _checkpoint_on_split(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from smec_fast.io import atomic_write_json
+    from smec_fast.atomic import atomic_write_json
     from smec_fast.plots import save_confusion_matrix
     from smec_fast.trainer import evaluate
 
@@ -300,7 +304,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from smec_fast.data.images import list_images
     from smec_fast.inference import cam_overlay, display_image, load_trained_model, predict_files
-    from smec_fast.io import atomic_write_bytes, atomic_write_text
+    from smec_fast.atomic import atomic_write_bytes, atomic_write_text
     from smec_fast.trainer import resolve_device
 
     _positive(args.batch_size, "--batch-size")
@@ -391,7 +395,7 @@ def _predict_detected(args: argparse.Namespace) -> int:
         video_frames,
         video_rate,
     )
-    from smec_fast.io import atomic_write_bytes, atomic_write_text
+    from smec_fast.atomic import atomic_write_bytes, atomic_write_text
     from smec_fast.trainer import resolve_device
 
     if args.cam:
@@ -507,7 +511,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from smec_fast.audit import AUDIT_FILE, CONTACT_SHEET_FILE, LabelAudit, class_probabilities, save_contact_sheet
     from smec_fast.data import labels_from_file
     from smec_fast.data.validate import validate_split
-    from smec_fast.io import atomic_write_json
+    from smec_fast.atomic import atomic_write_json
 
     trained, cfg, split, _, loader, amp = _checkpoint_on_split(args)
     validate_split(split, skip=False, what=args.split)  # one line naming a bad image, before any scoring
@@ -562,8 +566,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rates = parse_floats(args.noise_rates, "--noise-rates")
     seeds = parse_ints(args.seeds, "--seeds")
     base = load_config_file(args.config) if args.config else {}
-    base.update({key[4:]: coerce(key[4:], value, "command line")
-                 for key, value in vars(args).items() if key.startswith("cfg_")})
+    base.update(option_values({key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_")},
+                              "command line"))
     command = " ".join(["smec-fast", *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
     result = run_sweep(base, variants, rates, seeds, args.out, command=command)
     print(f"{len(result['cells'])} runs -> {Path(args.out) / 'table.md'}, {Path(args.out) / 'sweep.json'}, "
@@ -636,7 +640,7 @@ def cmd_synth_rafdb(args: argparse.Namespace) -> int:
     written = write_synthetic_rafdb(args.out, args.train, args.test, args.size, args.seed, args.workers)
     written["seconds"] = time.perf_counter() - start
     if args.report:
-        from smec_fast.io import atomic_write_json
+        from smec_fast.atomic import atomic_write_json
 
         atomic_write_json(args.report, [written])
     print(f"{written['files']} faces ({args.train} train, {args.test} test, {args.size} px) in "

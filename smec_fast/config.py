@@ -2,8 +2,11 @@
 
 Precedence, lowest first: the dataclass defaults (the paper's recipe, sec. IV-B), the preset of the chosen
 dataset (only the embedded synthetic dataset has one, so that the default command finishes in minutes on
-a CPU), the baseline's official recipe when `--recipe official` asks for it, the config file, and the command
-line. The resolved config is written next to every run.
+a CPU), the method's official recipe when `--recipe official` asks for it (declared by the method's class,
+smec_fast.methods), the config file, and the command line. The resolved config is written next to every run.
+
+The methods (their names, recipes and options) are read from smec_fast.methods when a config is resolved or
+validated, not when this module is imported, so that the command line starts without loading torch.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smec_fast.errors import ConfigError, first_line
+from smec_fast.grid import grid_text, parse_grid, parse_split, split_name
 
-METHODS = ("smec", "ce", "elr", "eac", "scn", "rul")
 DATASETS = ("synthetic", "rafdb", "folder")
 SWITCH = ("auto", "on", "off")  # auto: chosen for the device (smec_fast.precision, trainer.switch_on)
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# SMEC's two-piece splits in image terms. The paper's pieces are C x W/2 x H (sec. III-A): the face cut along
-# its width into a left and a right half, grid 1x2 (one row, two columns).
-SPLITS = {"left-right": (1, 2), "top-bottom": (2, 1)}
+LOADERS = ("auto", "torch", "dali", "cached")
+RAFDB_IMAGES = ("aligned", "original")
+RAFDB_LANDMARKS = ("manual", "auto")
+PRETRAINED_HEADS = ("auto", "keep", "drop")
+CLS_LOSSES = ("elr", "ce")
+KERNELS = ("fused", "reference")
+RECIPE_CHOICES = ("shared", "official")
 
 
 @dataclass
@@ -46,12 +53,11 @@ class TrainConfig:
     rafdb_images: str = "aligned"  # RAF-DB: aligned (100 x 100 faces) | original (photos aligned from landmarks)
     rafdb_landmarks: str = "manual"  # RAF-DB original photos: manual | auto landmark annotations
 
-    # --- method (DESIGN.md steps 2-8) ---
+    # --- method (docs/design.md steps 2-8) ---
     method: str = "smec"  # smec: CE + ELR + L_con | elr: CE + ELR | ce: cross-entropy | eac | scn | rul (baselines)
-    grid: tuple[int, int] = (1, 2)  # split grid rows x cols: 1x2 width (paper), 2x1 height, 2x2, 4x4; 1x1 = flip
-    # the grid in image terms: left-right (1x2, the paper) | top-bottom (2x1); given, it sets --grid; otherwise it
-    # is filled in from the grid ("2x2", "4x4", "whole" for 1x1)
-    split: str | None = None
+    # split grid rows x cols: 1x2 width (the paper), 2x1 height, 2x2, 4x4; 1x1 = EAC's whole-image flip. `--split
+    # left-right|top-bottom` is another spelling of 1x2 and 2x1; config.json names the grid so too ("split").
+    grid: tuple[int, int] = (1, 2)
     lambda_con: float | None = None  # weight of L_con; None: 2 for clean labels, 3 up to 40 % noise, 5 above
     con_warmup_epochs: float = 0.0  # ramp lambda_con linearly from 0 over this many epochs (0: off, as in the paper)
     cam_weight_grad: bool = False  # let L_con's gradient reach the classifier weight (EAC's code detaches it)
@@ -71,7 +77,7 @@ class TrainConfig:
     scn_margin_relabel: float = 0.2  # SCN: relabel when max prob exceeds the label's prob by this much
     scn_relabel_epoch: int = 10  # SCN: first epoch (0-based) that relabels
 
-    # --- label noise (DESIGN.md step 10) ---
+    # --- label noise (docs/design.md step 10) ---
     noise_rate: float = 0.0  # symmetric noise rate applied to the training labels
     noise_file: str | None = None  # train on the labels of this EAC-format file instead (train_00001.jpg 5)
     noise_seed: int | None = None  # seed of the symmetric noise; None: same as seed
@@ -104,33 +110,37 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.grid = tuple(self.grid)
-        if self.split is None:
-            self.split = split_name(self.grid)
 
     @property
     def effective_noise_seed(self) -> int:
         return self.seed if self.noise_seed is None else self.noise_seed
 
+    @property
+    def split(self) -> str:
+        """The grid in image terms: left-right, top-bottom, whole (1x1) or ROWSxCOLS."""
+        return split_name(self.grid)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["grid"] = list(self.grid)
+        d["split"] = self.split  # for readers of config.json; config_from_dict reads the grid
         return d
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the option at fault."""
         _choice("dataset", self.dataset, DATASETS)
-        _choice("method", self.method, METHODS)
+        _choice("method", self.method, method_names())
         _choice("amp", self.amp, AMP_MODES)
-        _choice("cls_loss", self.cls_loss, ("elr", "ce"))
+        _choice("cls_loss", self.cls_loss, CLS_LOSSES)
         _choice("recipe", self.recipe, RECIPE_CHOICES)
-        _choice("kernels", self.kernels, ("fused", "reference"))
+        _choice("kernels", self.kernels, KERNELS)
         _choice("compile", self.compile, SWITCH)
         _choice("compile_mode", self.compile_mode, COMPILE_MODES)
         _choice("channels_last", self.channels_last, SWITCH)
-        _choice("loader", self.loader, ("auto", "torch", "dali", "cached"))
-        _choice("rafdb_images", self.rafdb_images, ("aligned", "original"))
-        _choice("pretrained_head", self.pretrained_head, ("auto", "keep", "drop"))
-        _choice("rafdb_landmarks", self.rafdb_landmarks, ("manual", "auto"))
+        _choice("loader", self.loader, LOADERS)
+        _choice("rafdb_images", self.rafdb_images, RAFDB_IMAGES)
+        _choice("pretrained_head", self.pretrained_head, PRETRAINED_HEADS)
+        _choice("rafdb_landmarks", self.rafdb_landmarks, RAFDB_LANDMARKS)
         if not 0.0 < self.scn_beta < 1.0:
             raise ConfigError(f"--scn-beta must be in (0, 1), got {self.scn_beta}")
         if self.dataset != "synthetic" and not self.data:
@@ -146,12 +156,6 @@ class TrainConfig:
             raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise ConfigError(f"--grid must be ROWSxCOLS with both at least 1, got {self.grid}")
-        if self.split != split_name(self.grid):
-            if self.split not in SPLITS:
-                raise ConfigError(f"--split must be one of {', '.join(SPLITS)}; got {self.split!r} "
-                                  f"(other grids are chosen with --grid ROWSxCOLS)")
-            raise ConfigError(f"--split {self.split} is grid {grid_text(SPLITS[self.split])}, but --grid is "
-                              f"{grid_text(self.grid)}; give one of them")
         if not 0.0 <= self.noise_rate < 1.0:
             raise ConfigError(f"--noise-rate must be in [0, 1), got {self.noise_rate}")
         if self.noise_file and self.noise_rate > 0:
@@ -176,45 +180,35 @@ class TrainConfig:
         return self
 
 
-def grid_text(grid: tuple[int, int]) -> str:
-    return "x".join(map(str, grid))
+def method_names() -> tuple[str, ...]:
+    """The registered methods' names (smec_fast.methods)."""
+    from smec_fast.methods import method_names as registered
+
+    return registered()
 
 
-def split_name(grid: tuple[int, int]) -> str:
-    """A grid in image terms: left-right (1x2), top-bottom (2x1), whole (1x1, EAC's flip), else ROWSxCOLS."""
-    for name, split_grid in SPLITS.items():
-        if split_grid == tuple(grid):
-            return name
-    return "whole" if tuple(grid) == (1, 1) else grid_text(grid)
+def official_recipe(method: str) -> dict:
+    """The config values of `method`'s official recipe, as its class declares them (empty when the shared recipe
+    is its own, or for an unknown method, which validation reports)."""
+    from smec_fast.methods import method_class
 
-
-def describe_split(grid: tuple[int, int]) -> str:
-    """'top-bottom (grid 2x1, pieces H/2 x W)' for the log."""
-    rows, cols = grid
-    h = "H" if rows == 1 else f"H/{rows}"
-    w = "W" if cols == 1 else f"W/{cols}"
-    return f"{split_name(grid)} (grid {grid_text(grid)}, pieces {h} x {w})"
+    try:
+        return dict(method_class(method).official_recipe)
+    except ValueError:
+        return {}
 
 
 def describe_recipe(cfg: "TrainConfig") -> str:
     """'official (SCN's released code): epochs 70, lr 0.001, ...' for the log, with the values the run changed."""
-    if cfg.recipe == "shared" or cfg.method not in RECIPES:
+    recipe = official_recipe(cfg.method)
+    if cfg.recipe == "shared" or not recipe:
         shared = "shared" if cfg.recipe == "shared" else f"official ({cfg.method}'s is the shared one)"
         return f"{shared}: epochs {cfg.epochs}, lr {cfg.lr:g}, lr_decay {cfg.lr_decay:g}, batch_size {cfg.batch_size}"
     parts = []
-    for key, value in RECIPES[cfg.method].items():
+    for key, value in recipe.items():
         now = getattr(cfg, key)
         parts.append(f"{key} {now:g}" + ("" if now == value else f" (recipe {value:g}, overridden)"))
     return f"official ({cfg.method.upper()}'s released code): " + ", ".join(parts)
-
-
-def default_lambda_con(noise_rate: float) -> float:
-    """The paper's consistency weight (sec. IV-B): 2 for clean labels, 3 for 10-40 % noise, 5 for 50-60 %."""
-    if noise_rate <= 0.0:
-        return 2.0
-    if noise_rate <= 0.4 + 1e-9:
-        return 3.0
-    return 5.0
 
 
 # The embedded dataset is generated at a small size so that `smec-fast train` with no arguments learns
@@ -226,31 +220,12 @@ PRESETS: dict[str, dict] = {
     "folder": {},
 }
 
-RECIPE_CHOICES = ("shared", "official")
-# The config values of each baseline's official recipe, as its released code sets them; what the code does beyond
-# config values (augmentation, relabelling rule, heads, per-group learning rates) lives with the method in
-# smec_fast/methods.py. SMEC's own recipe is the paper's, the shared one; ce and elr have no FER code of their own.
-# A recipe is a layer of defaults: the config file and the command line override it (the epoch budget, say).
-RECIPES: dict[str, dict] = {
-    # EAC, src/main.py: 60 epochs, Adam, ExponentialLR(0.9) stepped per epoch, batch 32, lambda 5; lr 2e-4, which
-    # its README gives for a ResNet-18 backbone (the code's 1e-4 is for its ResNet-50).
-    "eac": {"epochs": 60, "lr": 2e-4, "lr_decay": 0.9, "batch_size": 32, "eac_lambda": 5.0},
-    # SCN, src/train.py: 70 epochs, Adam at its default lr 1e-3, ExponentialLR(0.9) per epoch, batch 64; it
-    # relabels from its 10th epoch counted from 1 (0-based 9); the repository's README advises the rank margin 0.07
-    # for batch 64 (0.15 was the paper's, for batch 1024).
-    "scn": {"epochs": 70, "lr": 1e-3, "lr_decay": 0.9, "batch_size": 64, "scn_margin_rank": 0.07,
-            "scn_relabel_epoch": 9},
-    # RUL, src/main.py: 60 epochs, Adam, backbone and branches at 2e-4 (the classifier at 10x, in
-    # methods.RulMethod), ExponentialLR(0.9) per epoch, batch 64.
-    "rul": {"epochs": 60, "lr": 2e-4, "lr_decay": 0.9, "batch_size": 64},
-}
-
 
 def recipe_values(method: str, recipe: str) -> dict:
     """The config defaults `recipe` sets for `method` (empty for the shared recipe and for methods whose official
     recipe is the shared one)."""
     _choice("recipe", recipe, RECIPE_CHOICES)
-    return dict(RECIPES.get(method, {})) if recipe == "official" else {}
+    return official_recipe(method) if recipe == "official" else {}
 
 
 def _flag(name: str) -> str:
@@ -273,19 +248,6 @@ def _base_type(name: str) -> tuple[type, bool]:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0], True
     return hint, False
-
-
-def parse_grid(value) -> tuple[int, int]:
-    """'1x2', '1,2', [1, 2] or (1, 2) -> (1, 2)."""
-    if isinstance(value, str):
-        parts = value.lower().replace(",", "x").split("x")
-    else:
-        parts = list(value)
-    try:
-        rows, cols = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--grid must look like 1x2 (rows x cols), got {value!r}") from None
-    return rows, cols
 
 
 def coerce(name: str, value, source: str):
@@ -337,6 +299,20 @@ def unknown_key_message(name: str, source: str) -> str:
     return f"{source}: unknown option {shown}{hint}"
 
 
+def option_values(raw: dict, source: str) -> dict:
+    """One layer of options (a config file, the command line, a sweep variant) as config fields: each value coerced
+    to its field's type; `split` is another spelling of `grid`, and where both are given they must agree."""
+    raw = {key.replace("-", "_"): value for key, value in raw.items()}
+    values = {key: coerce(key, value, source) for key, value in raw.items() if key != "split"}
+    if "split" in raw:
+        grid = parse_split(raw["split"])
+        if "grid" in values and values["grid"] != grid:
+            raise ConfigError(f"--split {raw['split']} is grid {grid_text(grid)}, but --grid is "
+                              f"{grid_text(values['grid'])}; give one of them")
+        values["grid"] = grid
+    return values
+
+
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML or JSON mapping of config keys; unknown keys are rejected with the file's name."""
     path = Path(path)
@@ -358,52 +334,42 @@ def load_config_file(path: str | Path) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: expected a mapping of option names to values")
-    source = f"config file {path}"
-    return {key.replace("-", "_"): coerce(key.replace("-", "_"), value, source) for key, value in raw.items()}
+    return option_values(raw, f"config file {path}")
 
 
 def resolve_config(file_values: dict | None = None, cli_values: dict | None = None) -> TrainConfig:
-    """Merge defaults < dataset preset < the method's recipe < file < command line into a validated TrainConfig."""
-    given: dict = {}
-    for layer in (file_values or {}, cli_values or {}):
-        # --split and --grid name the same choice: one given on the command line overrides the file's other
-        if "grid" in layer and "split" not in layer:
-            given.pop("split", None)
-        if "split" in layer and "grid" not in layer:
-            given.pop("grid", None)
-        given.update(layer)
+    """Merge defaults < dataset preset < the method's recipe < file < command line into a validated TrainConfig.
+    The layers are config fields (option_values); a grid given on the command line, as --grid or --split,
+    overrides the file's."""
+    given = {**(file_values or {}), **(cli_values or {})}
     dataset = given.get("dataset", FIELDS["dataset"].default)
     if dataset not in PRESETS:
         _choice("dataset", dataset, DATASETS)
     method = given.get("method", FIELDS["method"].default)
     recipe = given.get("recipe", FIELDS["recipe"].default)
     values = {**PRESETS[dataset], **recipe_values(method, recipe), **given}
-    if values.get("split") in SPLITS and "grid" not in values:
-        values["grid"] = SPLITS[values["split"]]  # --split left-right|top-bottom chooses the grid
     return TrainConfig(**values).validate()
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    """Rebuild a config saved with a run (e.g. in a checkpoint), validating every key."""
-    return TrainConfig(**{k: coerce(k, v, "saved config") for k, v in values.items()})
+    """Rebuild a config saved with a run (e.g. in a checkpoint), validating every key. Its `split` only names its
+    grid (TrainConfig.to_dict), so the grid is read and the name left."""
+    return TrainConfig(**{k: coerce(k, v, "saved config") for k, v in values.items() if k != "split"})
 
 
 __all__ = [
     "TrainConfig",
-    "METHODS",
     "DATASETS",
     "PRESETS",
     "FIELDS",
     "coerce",
-    "default_lambda_con",
+    "option_values",
     "load_config_file",
     "resolve_config",
     "config_from_dict",
-    "parse_grid",
-    "SPLITS",
-    "RECIPES",
     "RECIPE_CHOICES",
     "recipe_values",
-    "split_name",
-    "describe_split",
+    "official_recipe",
+    "method_names",
+    "describe_recipe",
 ]

@@ -17,7 +17,7 @@ import torch
 from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
 from smec_fast.errors import ConfigError, SmecFastError
 from smec_fast.inference import TrainedModel
-from smec_fast.io import atomic_write_json
+from smec_fast.atomic import atomic_write_json
 
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 
@@ -102,7 +102,7 @@ def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") 
     import datetime
 
     import smec_fast
-    from smec_fast.io import atomic_torch_save
+    from smec_fast.atomic import atomic_torch_save
     from smec_fast.model import HEAD_KEYS
     from smec_fast.checkpoint import read_checkpoint
 

@@ -130,7 +130,7 @@ def _align_one(job: tuple[str, str, str, str, int]) -> dict:
     """Align one photo (in a worker): write its aligned face and its record; returns the record."""
     from smec_fast.data.images import decode_rgb
     from smec_fast.errors import DataError
-    from smec_fast.io import atomic_write_bytes, atomic_write_json
+    from smec_fast.atomic import atomic_write_bytes, atomic_write_json
 
     source, relative, output, record_path, size = job
     record = {"file": relative, "output": "", "faces": 0}
@@ -170,7 +170,7 @@ def align_tree(src: str | Path, dst: str | Path, size: int = 100, workers: int =
 
     from smec_fast.data.images import list_images
     from smec_fast.errors import ConfigError
-    from smec_fast.io import atomic_write_json, atomic_write_text
+    from smec_fast.atomic import atomic_write_json, atomic_write_text
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():

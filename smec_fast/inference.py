@@ -14,7 +14,8 @@ from smec_fast.config import TrainConfig, config_from_dict
 from smec_fast.data.images import decode_image_file, decode_rgb, normalize, pil_to_tensor
 from smec_fast.errors import CheckpointError, DataError, first_line
 from smec_fast.kernels import cam
-from smec_fast.model import build_model
+from smec_fast.methods import model_head
+from smec_fast.model import FerResNet18, build_model
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
         weights = state["model"]
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: incomplete checkpoint ({err})") from None
-    model = build_model(config.method, config.recipe, len(class_names), config.image_size)
+    model = build_model(model_head(config), len(class_names), config.image_size)
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]

@@ -1,4 +1,4 @@
-"""The network: torchvision's ResNet-18 returning logits and the layer4 feature map (DESIGN.md step 1)."""
+"""The network: torchvision's ResNet-18 returning logits and the layer4 feature map (docs/design.md step 1)."""
 
 from __future__ import annotations
 
@@ -90,11 +90,14 @@ class EmbeddingResNet18(FerResNet18):
         raise CheckpointError(NO_CAM)
 
 
-def build_model(method: str, recipe: str, num_classes: int, image_size: int) -> FerResNet18:
-    """The network a run of `method` with `recipe` trains: FerResNet18, or EmbeddingResNet18 for RUL's official
-    recipe."""
-    if method == "rul" and recipe == "official":
+def build_model(head: str, num_classes: int, image_size: int) -> FerResNet18:
+    """The network with the classifier `head` a method declares (smec_fast.methods, TrainingMethod.head):
+    "pooled", FerResNet18's linear classifier on pooled features, or "embedding", EmbeddingResNet18's on RUL's
+    embedding of the whole map."""
+    if head == "embedding":
         return EmbeddingResNet18(num_classes, image_size)
+    if head != "pooled":
+        raise ValueError(f"unknown classifier head {head!r} (pooled or embedding)")
     return FerResNet18(num_classes)
 
 

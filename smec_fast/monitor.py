@@ -17,7 +17,7 @@ import psutil
 import torch
 
 from smec_fast.errors import ConfigError
-from smec_fast.io import atomic_write_text
+from smec_fast.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from smec_fast.io import atomic_write_bytes
+from smec_fast.atomic import atomic_write_bytes
 
 
 def figure_bytes(fig) -> bytes:

@@ -18,9 +18,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smec_fast.config import METHODS, coerce, resolve_config
+from smec_fast.config import method_names, option_values, resolve_config
 from smec_fast.errors import ConfigError
-from smec_fast.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from smec_fast.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from smec_fast.provenance import source_revision
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ def parse_variants(spec: str) -> list[Variant]:
     variants = []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         method, *options = item.split(":")
-        if method not in METHODS:
-            raise ConfigError(f"--methods: unknown method {method!r} (choose from {', '.join(METHODS)})")
-        overrides, label = {}, method
+        if method not in method_names():
+            raise ConfigError(f"--methods: unknown method {method!r} (choose from {', '.join(method_names())})")
+        raw, label = {}, method
         for option in options:
             key, sep, value = option.partition("=")
             key = key.strip().replace("-", "_")
@@ -56,7 +56,8 @@ def parse_variants(spec: str) -> list[Variant]:
                 continue
             if key in ("method", "noise_rate", "seed", "out"):
                 raise ConfigError(f"--methods: {key} is set by the sweep itself, not per method ({item!r})")
-            overrides[key] = coerce(key, value, f"--methods {item!r}")
+            raw[key] = value
+        overrides = option_values(raw, f"--methods {item!r}")
         if label == method and overrides:
             label = item.replace(":", "-").replace("=", "")
         variants.append(Variant(label, method, overrides))

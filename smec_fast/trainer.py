@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 import smec_fast
 from smec_fast.audit import AUDIT_FILE, LabelAudit, class_probabilities
 from smec_fast.checkpoint import CHECKPOINT_FORMAT, SELECTED_FILE, read_checkpoint
-from smec_fast.config import TrainConfig, config_from_dict, describe_recipe, describe_split
+from smec_fast.config import TrainConfig, config_from_dict, describe_recipe
 from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
 from smec_fast.distributed import (
     DistributedContext,
@@ -45,9 +45,9 @@ from smec_fast.distributed import (
     teardown_distributed,
 )
 from smec_fast.errors import ConfigError, SmecFastError, first_line
-from smec_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from smec_fast.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from smec_fast.kernels import set_kernel_backend
-from smec_fast.methods import build_method, narrowest_input_width, resolve_lambda_con
+from smec_fast.methods import build_method, method_class, model_head, narrowest_input_width
 from smec_fast.metrics import confusion_matrix, summarize
 from smec_fast.model import build_model, load_pretrained
 from smec_fast.monitor import (
@@ -60,7 +60,6 @@ from smec_fast.monitor import (
 )
 from smec_fast.precision import Precision, autocast_context, describe_cpu, resolve_precision
 from smec_fast.provenance import source_revision
-from smec_fast.split_merge import check_grid
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +300,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     out = Path(cfg.out)
     checkpoint_path = out / "checkpoint.pt"
     main = context.is_main
-    if cfg.method == "smec":
-        check_grid(cfg.image_size, cfg.image_size, cfg.grid)
+    method_class(cfg.method).check_config(cfg)
     per_process_batch = shard_batch_size(cfg.batch_size, context)
     precision = resolve_precision(cfg.amp, cfg.channels_last, device, narrowest_input_width(cfg))
     if cfg.tensorboard:
@@ -313,9 +311,8 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
 
     data = build_data(cfg)
     k = data.train.num_classes
-    lambda_con = resolve_lambda_con(cfg, data.noise.rate) if cfg.method == "smec" else None
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.method, cfg.recipe, k, cfg.image_size)
+    model = build_model(model_head(cfg), k, cfg.image_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, cfg.pretrained_head, data.class_names)
     method = build_method(cfg, data.train.labels, k, data.noise.rate, clean_labels=data.train.clean_labels)
@@ -378,8 +375,8 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
                  data.noise.source, device, kind, f", {context.world_size} processes" if context.enabled else "",
                  ", compiled" if switch_on(cfg.compile, device) else "")
         log.info("precision: %s", precision.describe())
-        if cfg.method == "smec":
-            log.info("split: %s", describe_split(cfg.grid))
+        for line in method.describe():
+            log.info("%s", line)
         log.info("recipe: %s", describe_recipe(cfg))
 
     progress = cfg.progress and main
@@ -432,7 +429,7 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
     if board is not None:
         board.close()
 
-    metrics = results(cfg, data, history, lambda_con, device, precision, time.perf_counter() - started)
+    metrics = results(cfg, data, history, method.lambda_con, device, precision, time.perf_counter() - started)
     metrics.update(loader=kind, compiled=switch_on(cfg.compile, device))
     if main and "selected_epoch" in metrics and _selected_epoch(out / SELECTED_FILE) == metrics["selected_epoch"]:
         metrics["selected_checkpoint"] = SELECTED_FILE

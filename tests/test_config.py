@@ -3,8 +3,9 @@ import json
 import pytest
 
 from smec_fast.cli import build_parser, config_from_args
-from smec_fast.config import TrainConfig, default_lambda_con, load_config_file, resolve_config
+from smec_fast.config import TrainConfig, config_from_dict, load_config_file, resolve_config
 from smec_fast.errors import ConfigError
+from smec_fast.methods import SmecMethod
 
 
 def parse(argv):
@@ -31,7 +32,7 @@ def test_synthetic_preset_applies_only_where_not_overridden():
 
 @pytest.mark.parametrize("rate,expected", [(0.0, 2.0), (0.1, 3.0), (0.3, 3.0), (0.4, 3.0), (0.5, 5.0), (0.6, 5.0)])
 def test_lambda_con_follows_the_noise_rate(rate, expected):
-    assert default_lambda_con(rate) == expected
+    assert SmecMethod.default_lambda_con(rate) == expected
 
 
 def test_cli_overrides_in_both_spellings():
@@ -77,6 +78,19 @@ def test_split_and_grid_must_agree_and_the_later_source_wins(tmp_path):
     assert parse(["--config", str(yaml_file), "--grid", "2x2"]).split == "2x2"
     yaml_file.write_text("grid: [2, 2]\n")
     assert parse(["--config", str(yaml_file), "--split", "top-bottom"]).grid == (2, 1)
+
+
+def test_grid_is_the_one_field_and_saved_configs_of_every_grid_load_back():
+    assert "split" not in TrainConfig.__dataclass_fields__
+    for grid in ((1, 2), (2, 1), (2, 2), (1, 1)):
+        saved = TrainConfig(grid=grid).to_dict()  # config.json and checkpoints hold the grid and its name
+        assert config_from_dict(saved).grid == grid
+    from smec_fast.sweep import parse_variants
+
+    (variant,) = parse_variants("smec:split=top-bottom:label=tb")
+    assert variant.overrides == {"grid": (2, 1)}
+    with pytest.raises(ConfigError, match="--split must be one of"):
+        parse_variants("smec:split=2x2")
 
 
 def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path):

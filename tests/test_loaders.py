@@ -38,7 +38,7 @@ from smec_fast.data.cache import CachedLoader, HostBatchBuffers
 from smec_fast.data.dali import dali_available
 from smec_fast.data.rafdb import load_rafdb, read_landmarks
 from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
-from smec_fast.data.loader import epoch_batches
+from smec_fast.data.torch_loader import epoch_batches
 from smec_fast.data.loaders import LOADER_KINDS, default_loader, make_loader
 from smec_fast.data.validate import jpeg_problem, validate_split
 from smec_fast.errors import ConfigError, DataError

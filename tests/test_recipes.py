@@ -1,4 +1,5 @@
-"""`--recipe official`: each baseline as its authors' released code trains it (config.RECIPES, methods.py)."""
+"""`--recipe official`: each baseline as its authors' released code trains it (each method class's
+official_recipe, smec_fast.methods)."""
 
 import csv
 import json
@@ -8,12 +9,13 @@ import torch
 from torch import nn
 
 from smec_fast.augment import flip_or_noise_choice, gaussian_pixel_noise, random_erasing
-from smec_fast.config import RECIPES, describe_recipe, resolve_config
+from smec_fast.config import describe_recipe, resolve_config
 from smec_fast.data import synthetic_split
 from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
 from smec_fast.data.loaders import make_loader
 from smec_fast.errors import CheckpointError, ConfigError
-from smec_fast.methods import EacMethod, PixelNoise, RulMethod, ScnMethod, basic_augmentation, build_method
+from smec_fast.methods import (EacMethod, PixelNoise, RulMethod, ScnMethod, basic_augmentation, build_method,
+                               official_recipes)
 from smec_fast.model import EmbeddingResNet18, FerResNet18, build_model, feature_map_size
 from smec_fast.seeding import stream
 from smec_fast.trainer import train
@@ -38,6 +40,9 @@ def normalised(levels: torch.Tensor) -> torch.Tensor:
 
 
 # --- configuration ---------------------------------------------------------------------------------------------
+
+
+RECIPES = official_recipes()
 
 
 @pytest.mark.parametrize("method", sorted(RECIPES))
@@ -293,7 +298,7 @@ def test_scn_high_group_is_truncated_officially_and_rounded_otherwise():
 
 def test_rul_official_heads_have_the_released_shapes():
     assert [feature_map_size(s) for s in (224, 112, 96, 64, 32)] == [7, 4, 3, 2, 1]
-    model = build_model("rul", "official", 7, 96)
+    model = build_model("embedding", 7, 96)
     assert isinstance(model, EmbeddingResNet18) and not model.has_cam
     bn2d, drop, flat, linear, bn1d = model.embedding
     assert isinstance(bn2d, nn.BatchNorm2d) and not bn2d.affine and bn2d.eps == 2e-5
@@ -308,13 +313,13 @@ def test_rul_official_heads_have_the_released_shapes():
     assert logits.shape == (2, 7) and feat.shape == (2, 512, 3, 3)
     with pytest.raises(CheckpointError, match="no class activation map"):
         model.cam_weight
-    assert type(build_model("rul", "shared", 7, 96)) is FerResNet18
+    assert type(build_model(RulMethod.head("shared"), 7, 96)) is FerResNet18
 
 
 def test_rul_official_add_up_loss_weights_the_labels_half_and_half():
     torch.manual_seed(0)
     b = 6
-    model = build_model("rul", "official", 7, 32).eval()  # eval: no dropout, running batch-norm statistics
+    model = build_model(RulMethod.head("official"), 7, 32).eval()  # eval: no dropout, running batch-norm statistics
     method = RulMethod(official=True, image_size=32).eval()
     images, labels = torch.randn(b, 3, 32, 32), torch.arange(b)
     method.start_epoch(1, seed=4)
@@ -335,7 +340,7 @@ def test_rul_official_add_up_loss_weights_the_labels_half_and_half():
 
 
 def test_rul_official_trains_the_classifier_at_ten_times_the_rate():
-    model = build_model("rul", "official", 7, 32)
+    model = build_model(RulMethod.head("official"), 7, 32)
     method = RulMethod(official=True, image_size=32)
     groups = method.param_groups(model, 2e-4)
     assert [g["lr"] for g in groups] == [2e-4, 2e-3]

@@ -5,7 +5,7 @@ import torch
 
 from smec_fast.config import resolve_config
 from smec_fast.data import build_data, epoch_batches, symmetric_noise, validation_split_index
-from smec_fast.data.split import random_subset_index
+from smec_fast.data.image_split import random_subset_index
 from smec_fast.seeding import stream, stream_seed
 
 N, RATE = 2000, 0.4

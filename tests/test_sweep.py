@@ -16,7 +16,7 @@ def test_parse_variants():
     variants = parse_variants("ce, smec:grid=2x2:label=split4, smec:cls_loss=ce, smec:split=top-bottom")
     assert [(v.label, v.method, v.overrides) for v in variants] == [
         ("ce", "ce", {}), ("split4", "smec", {"grid": (2, 2)}), ("smec-cls_lossce", "smec", {"cls_loss": "ce"}),
-        ("smec-splittop-bottom", "smec", {"split": "top-bottom"})]
+        ("smec-splittop-bottom", "smec", {"grid": (2, 1)})]  # --split spells the grid
     with pytest.raises(ConfigError, match="unknown method 'sce'"):
         parse_variants("sce")
     with pytest.raises(ConfigError, match="labels repeat"):

@@ -11,7 +11,7 @@ import torch
 
 from smec_fast.cli import main
 from smec_fast.config import resolve_config
-from smec_fast.data import loader as loader_module
+from smec_fast.data import torch_loader as loader_module
 from smec_fast.data.noise import read_label_file
 from smec_fast.errors import ConfigError, DataError
 from smec_fast.precision import describe_cpu

@@ -15,11 +15,11 @@ from .cache import CachedLoader
 from .dali import DaliLoader, dali_available
 from .folder import load_folder
 from .images import decode_image_file, normalize
-from .loader import SplitLoader, epoch_batches, random_hflip
+from .torch_loader import SplitLoader, epoch_batches, random_hflip
 from .loaders import LOADER_KINDS, default_loader, make_loader
 from .noise import NoiseReport, labels_from_file, read_label_file, symmetric_noise, write_label_file
 from .rafdb import load_rafdb
-from .split import ImageSplit, random_subset_index
+from .image_split import ImageSplit, random_subset_index
 from .synthetic import synthetic_split
 from .validate import find_bad_samples, validate_split
 

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from .images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, pil_to_tensor, resize_like_reference
-from .loader import EpochLoader
-from .split import ImageSplit
+from .torch_loader import EpochLoader
+from .image_split import ImageSplit
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class CachedLoader(EpochLoader):
     """Same interface and batches as loader.SplitLoader, from a uint8 cache of the split on `device`.
 
     The split is decoded once, at construction (by `num_workers` threads). Batches follow
-    loader.epoch_batches: the same order and flips as the other loaders for the same (seed, epoch).
+    torch_loader.epoch_batches: the same order and flips as the other loaders for the same (seed, epoch).
     """
 
     def __init__(self, split: ImageSplit, image_size: int, batch_size: int, device: torch.device, train: bool,

@@ -16,7 +16,7 @@ differently (it repeats the edge pixel where PIL renormalises), which tests/test
 Batches are copied out of DALI into tensors the caller owns: on the CPU into reused buffers
 (cache.HostBatchBuffers), on a GPU on PyTorch's current stream.
 
-The epoch's order and flips are not DALI's: an external source feeds the batches of loader.epoch_batches,
+The epoch's order and flips are not DALI's: an external source feeds the batches of torch_loader.epoch_batches,
 the plan every loader kind shares, so a (seed, epoch) gives the same batches with every loader, sharding
 by rank is a matter of which positions a shard takes, and a resumed run replays its epoch exactly.
 
@@ -34,8 +34,8 @@ from smec_fast.errors import ConfigError, DataError
 
 from .cache import HostBatchBuffers
 from .images import IMAGENET_MEAN, IMAGENET_STD, decode_image_file
-from .loader import EpochLoader
-from .split import ImageSplit
+from .torch_loader import EpochLoader
+from .image_split import ImageSplit
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130"
 

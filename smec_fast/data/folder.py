@@ -14,7 +14,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from smec_fast.errors import DataError
 
-from .split import ImageSplit
+from .image_split import ImageSplit
 
 TEST_DIR_NAMES = ("test", "val", "valid", "validation")
 

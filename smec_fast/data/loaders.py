@@ -1,6 +1,6 @@
 """Choosing and making a batch loader: `torch` (DataLoader + PIL, the reference), `dali` or `cached`.
 
-Every kind has SplitLoader's interface and yields the same batches (loader.epoch_batches) for the same
+Every kind has SplitLoader's interface and yields the same batches (torch_loader.epoch_batches) for the same
 (seed, epoch): (images (B, 3, S, S) float32 normalised, labels (B,) int64, index (B,) int64) on the device.
 """
 
@@ -15,8 +15,8 @@ from smec_fast.errors import ConfigError
 
 from .cache import CachedLoader, cache_bytes
 from .dali import DaliLoader, dali_available
-from .loader import SplitLoader
-from .split import ImageSplit
+from .torch_loader import SplitLoader
+from .image_split import ImageSplit
 
 log = logging.getLogger(__name__)
 

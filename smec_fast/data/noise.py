@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from smec_fast.errors import DataError
-from smec_fast.io import atomic_write_text
+from smec_fast.atomic import atomic_write_text
 from smec_fast.seeding import stream
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import torch
 from smec_fast.errors import DataError
 
 from .noise import parse_label_file
-from .split import ImageSplit
+from .image_split import ImageSplit
 
 log = logging.getLogger(__name__)
 

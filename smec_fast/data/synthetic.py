@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .split import ImageSplit
+from .image_split import ImageSplit
 
 CLASS_NAMES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 

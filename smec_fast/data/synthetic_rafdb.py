@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from smec_fast.io import atomic_write_text
+from smec_fast.atomic import atomic_write_text
 
 from .rafdb import ALIGNED_DIR, LABEL_FILE
 from .synthetic import RAFDB_TEST_COUNTS, RAFDB_TRAIN_COUNTS, class_counts, render_faces

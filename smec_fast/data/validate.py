@@ -19,7 +19,7 @@ from PIL import Image
 
 from smec_fast.errors import DataError, first_line
 
-from .split import ImageSplit
+from .image_split import ImageSplit
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ import torch
 
 from smec_fast.config import resolve_config
 from smec_fast.data import build_data, make_loader
-from smec_fast.io import atomic_write_json
-from smec_fast.methods import build_method, narrowest_input_width, resolve_lambda_con
+from smec_fast.atomic import atomic_write_json
+from smec_fast.methods import build_method, narrowest_input_width
 from smec_fast.model import FerResNet18, load_pretrained
 from smec_fast.precision import autocast_context, resolve_precision
 from smec_fast.trainer import TrainingObjective, evaluate
@@ -106,7 +106,7 @@ def run_variant(name: str, args) -> dict:
         epoch += 1
     return {"variant": name, "method": method_name, "image_size": size, "head": head, "piece_bn_stats": piece_bn,
             "con_warmup_epochs": ramp, "classifier_only_epochs": head_epochs,
-            "lambda_con": resolve_lambda_con(cfg, data.noise.rate) if method_name == "smec" else None,
+            "lambda_con": method.lambda_con,
             "precision": precision.to_dict(), "steps_per_epoch": len(train_loader), "points": points,
             "seconds": time.perf_counter() - start}
 

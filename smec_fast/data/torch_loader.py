@@ -19,7 +19,7 @@ from smec_fast.seeding import stream
 
 from .align import decode_aligned_image_file, warp_matrices
 from .images import decode_image_file, normalize
-from .split import ImageSplit
+from .image_split import ImageSplit
 
 class ImageFileDataset(Dataset):
     """(image uint8 (3, S, S), label, index) of an image-file split; index is the position in the split.
