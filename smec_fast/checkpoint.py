@@ -10,6 +10,7 @@ import torch
 from smec_fast.errors import CheckpointError, first_line
 
 CHECKPOINT_FORMAT = "smec_fast.checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"  # a run's last finished epoch, with everything resuming needs
 SELECTED_FILE = "selected.pt"  # beside checkpoint.pt: the model of the epoch of best validation accuracy
 
 

@@ -14,6 +14,9 @@ Files a run writes under `cfg.out`:
 
 Every epoch's data order and flips derive from (seed, epoch), so a run resumed from its last checkpoint
 repeats exactly the epochs an uninterrupted run would have trained.
+
+`train` reads top to bottom: `build_run` makes a run's data, model, method, optimiser and loaders (restored from
+its checkpoint with --resume), the epoch loop trains and evaluates, and `RunRecorder` owns every file above.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import math
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +35,7 @@ from tqdm.auto import tqdm
 
 import smec_fast
 from smec_fast.audit import AUDIT_FILE, LabelAudit, class_probabilities
-from smec_fast.checkpoint import CHECKPOINT_FORMAT, SELECTED_FILE, read_checkpoint
+from smec_fast.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, SELECTED_FILE, read_checkpoint
 from smec_fast.config import TrainConfig, config_from_dict, describe_recipe
 from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
 from smec_fast.distributed import (
@@ -47,7 +51,7 @@ from smec_fast.distributed import (
 from smec_fast.errors import ConfigError, SmecFastError, first_line
 from smec_fast.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from smec_fast.kernels import set_kernel_backend
-from smec_fast.methods import build_method, method_class, model_head, narrowest_input_width
+from smec_fast.methods import TrainingMethod, build_method, method_class, narrowest_input_width
 from smec_fast.metrics import confusion_matrix, summarize
 from smec_fast.model import build_model, load_pretrained
 from smec_fast.monitor import (
@@ -256,10 +260,10 @@ def audit_labels(model: torch.nn.Module, method, loader: SplitLoader, data: FerD
     split in order and without flips; clean labels where noise was applied to known ones."""
     with loader.in_order():
         probs = class_probabilities(model, loader, len(data.train), data.train.num_classes, precision.amp)
-    elr = getattr(method, "elr", None)  # ELR and SMEC keep running targets: their own belief
+    beliefs = method.sample_beliefs()  # ELR and SMEC keep running targets: their own belief
     return LabelAudit(data.train, data.train.labels.cpu(), probs,
                       clean=data.train.clean_labels.cpu() if data.noise.source != "none" else None,
-                      elr_targets=elr.targets.float().cpu() if elr is not None else None)
+                      elr_targets=beliefs.float().cpu() if beliefs is not None else None)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -282,37 +286,73 @@ def train(cfg: TrainConfig) -> dict:
         teardown_distributed()
 
 
-def _load_resume_state(cfg: TrainConfig, checkpoint_path: Path) -> dict | None:
-    """The checkpoint to continue from (None to start afresh); refuses to overwrite a finished run."""
-    out = checkpoint_path.parent
-    if not cfg.resume and (checkpoint_path.exists() or (out / "metrics.json").exists()):
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if cfg.resume and checkpoint_path.exists():
-        state = read_checkpoint(checkpoint_path)
-        _check_resumable(state["config"], cfg, checkpoint_path)
-        return state
-    if cfg.resume:
-        log.info("%s holds no checkpoint yet; starting a new run", out)
-    return None
-
-
 def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) -> dict:
-    out = Path(cfg.out)
-    checkpoint_path = out / "checkpoint.pt"
-    main = context.is_main
-    method_class(cfg.method).check_config(cfg)
-    per_process_batch = shard_batch_size(cfg.batch_size, context)
+    run = build_run(cfg, device, context)
+    recorder = RunRecorder(run)
+    meter = EpochMeter(device, context.world_size)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        with recorder.progress_bar(epoch, len(run.train_loader)) as bar:  # read at the log interval only
+            train_stats = train_one_epoch(run.objective, run.method, run.optimizer, run.scaler, run.train_loader,
+                                          epoch, cfg, run.precision, meter, None if bar.disable else bar,
+                                          recorder.profiler)
+        speed = meter.finish()
+        entry = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "train": train_stats}
+        run.scheduler.step()
+        t_eval = time.perf_counter()
+        if run.val_loader is not None:
+            entry["val"] = evaluate(run.model, run.val_loader, run.data.class_names, run.precision.amp)
+        entry["test"] = evaluate(run.model, run.test_loader, run.data.class_names, run.precision.amp)
+        entry["throughput"] = {**speed, "eval_s": time.perf_counter() - t_eval}
+        entry["time_s"] = time.perf_counter() - t0
+        run.history.append(entry)
+        recorder.epoch_done(entry)
+    return recorder.finish()
+
+
+@dataclass
+class Run:
+    """What one training run works with: built by build_run, fresh or from its last checkpoint."""
+
+    cfg: TrainConfig
+    device: torch.device
+    context: DistributedContext
+    precision: Precision
+    data: FerData
+    model: torch.nn.Module  # the network itself: evaluated, saved, exported
+    method: TrainingMethod
+    objective: torch.nn.Module  # model and method as one module, perhaps under DDP and torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader_kind: str
+    train_loader: SplitLoader
+    test_loader: SplitLoader
+    val_loader: SplitLoader | None
+    history: list[dict]  # one entry per finished epoch
+    start_epoch: int  # epochs finished before this process started (resumed from the checkpoint)
+
+    @property
+    def compiled(self) -> bool:
+        return switch_on(self.cfg.compile, self.device)
+
+
+def build_run(cfg: TrainConfig, device: torch.device, context: DistributedContext) -> Run:
+    """Data, model, method, optimiser and loaders of a run, restored from `cfg.out`'s checkpoint with --resume."""
+    method_kind = method_class(cfg.method)
+    method_kind.check_config(cfg)
     precision = resolve_precision(cfg.amp, cfg.channels_last, device, narrowest_input_width(cfg))
     if cfg.tensorboard:
         require_tensorboard()  # before any work, not after the data is loaded
     set_kernel_backend(cfg.kernels)
+    checkpoint_path = Path(cfg.out) / CHECKPOINT_FILE
     # Process 0 reads the checkpoint (other nodes may not see the output folder) and shares it.
     state = broadcast_from_main(lambda: _load_resume_state(cfg, checkpoint_path), context)
 
     data = build_data(cfg)
     k = data.train.num_classes
     torch.manual_seed(cfg.seed)
-    model = build_model(model_head(cfg), k, cfg.image_size)
+    model = build_model(method_kind.head(cfg.recipe), k, cfg.image_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, cfg.pretrained_head, data.class_names)
     method = build_method(cfg, data.train.labels, k, data.noise.rate, clean_labels=data.train.clean_labels)
@@ -342,106 +382,130 @@ def _train(cfg: TrainConfig, device: torch.device, context: DistributedContext) 
                                  fused=True)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.amp == "fp16")
-
     history: list[dict] = []
     start_epoch = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        history = state["history"]
-        start_epoch = state["epoch"]
-        if main:
-            log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
-    del state
-
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # left by a process killed while writing a file atomically
-            stale.unlink(missing_ok=True)
-        atomic_write_json(out / "config.json", cfg.to_dict())
-        write_label_file(out / "train_labels.txt", data.train.names, data.train.labels)
+        history, start_epoch = state["history"], state["epoch"]
+        if context.is_main:
+            log.info("resuming %s after epoch %d of %d", cfg.out, start_epoch, cfg.epochs)
 
     kind = cfg.loader if cfg.loader != "auto" else default_loader(device, data.train, cfg.image_size)
-    loader_args = dict(image_size=cfg.image_size, batch_size=per_process_batch, device=device,
-                       num_workers=cfg.num_workers, shard_id=context.rank, num_shards=context.world_size)
-    train_loader = make_loader(kind, data.train, train=True, seed=cfg.seed, hflip=method.loader_hflip,
-                               **loader_args)
-    test_loader = make_loader(kind, data.test, train=False, **loader_args)
-    val_loader = make_loader(kind, data.val, train=False, **loader_args) if data.val is not None else None
-    if main:
+    loader_args = dict(image_size=cfg.image_size, batch_size=shard_batch_size(cfg.batch_size, context),
+                       device=device, num_workers=cfg.num_workers, shard_id=context.rank,
+                       num_shards=context.world_size)
+    return Run(cfg=cfg, device=device, context=context, precision=precision, data=data, model=model,
+               method=method, objective=objective, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+               loader_kind=kind,
+               train_loader=make_loader(kind, data.train, train=True, seed=cfg.seed, hflip=method.loader_hflip,
+                                        **loader_args),
+               test_loader=make_loader(kind, data.test, train=False, **loader_args),
+               val_loader=make_loader(kind, data.val, train=False, **loader_args) if data.val is not None else None,
+               history=history, start_epoch=start_epoch)
+
+
+class RunRecorder:
+    """What a run writes under `cfg.out` (only process 0 writes): config.json and train_labels.txt when it starts;
+    after every epoch the log line, log.csv, TensorBoard's scalars, selected.pt (a new best validation epoch) and
+    checkpoint.pt; the --profile trace of its steps; at the end metrics.json and label_audit.csv."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        cfg, self.main = run.cfg, run.context.is_main
+        self.out = Path(cfg.out)
+        self.started = time.perf_counter() - sum(h["time_s"] for h in run.history)
+        self.best_val = max((h["val"]["accuracy"] for h in run.history if h.get("val")), default=-math.inf)
+        self.profiler = StepProfiler(*parse_step_range(cfg.profile), self.out / "profile", run.device) \
+            if cfg.profile and self.main else None
+        self.board = TensorBoardLog(self.out / "tensorboard", run.start_epoch) if cfg.tensorboard and self.main \
+            else None
+        if not self.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp"):  # left by a process killed while writing a file atomically
+            stale.unlink(missing_ok=True)
+        atomic_write_json(self.out / "config.json", cfg.to_dict())
+        write_label_file(self.out / "train_labels.txt", run.data.train.names, run.data.train.labels)
+        data, context = run.data, run.context
         log.info("%s on %s: %d train / %d test images, %d classes, noise %.1f %% (%s), device %s, %s loader%s%s",
-                 cfg.method, cfg.dataset, len(data.train), len(data.test), k, 100 * data.noise.rate,
-                 data.noise.source, device, kind, f", {context.world_size} processes" if context.enabled else "",
-                 ", compiled" if switch_on(cfg.compile, device) else "")
-        log.info("precision: %s", precision.describe())
-        for line in method.describe():
+                 cfg.method, cfg.dataset, len(data.train), len(data.test), data.train.num_classes,
+                 100 * data.noise.rate, data.noise.source, run.device, run.loader_kind,
+                 f", {context.world_size} processes" if context.enabled else "", ", compiled" if run.compiled else "")
+        log.info("precision: %s", run.precision.describe())
+        for line in run.method.describe():
             log.info("%s", line)
         log.info("recipe: %s", describe_recipe(cfg))
 
-    progress = cfg.progress and main
-    meter = EpochMeter(device, context.world_size)
-    profiler = None
-    if cfg.profile and main:
-        profiler = StepProfiler(*parse_step_range(cfg.profile), out / "profile", device)
-    board = TensorBoardLog(out / "tensorboard", start_epoch) if cfg.tensorboard and main else None
-    started = time.perf_counter() - sum(h["time_s"] for h in history)
-    best_val = max((h["val"]["accuracy"] for h in history if h.get("val")), default=-math.inf)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                  leave=False, dynamic_ncols=True) as bar:
-            train_stats = train_one_epoch(objective, method, optimizer, scaler, train_loader, epoch, cfg,
-                                          precision, meter, bar if progress else None, profiler)
-        speed = meter.finish()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        entry = {"epoch": epoch + 1, "lr": lr, "train": train_stats}
-        t_eval = time.perf_counter()
-        if val_loader is not None:
-            entry["val"] = evaluate(model, val_loader, data.class_names, precision.amp)
-        entry["test"] = evaluate(model, test_loader, data.class_names, precision.amp)
-        entry["throughput"] = {**speed, "eval_s": time.perf_counter() - t_eval}
-        entry["time_s"] = time.perf_counter() - t0
-        history.append(entry)
-        if not main:
-            continue
-        message = (f"epoch {epoch + 1}/{cfg.epochs}  loss {train_stats['loss']:.4f}  "
+    def progress_bar(self, epoch: int, steps: int) -> tqdm:
+        """The epoch's progress bar (disabled but for process 0 with --progress)."""
+        cfg = self.run.cfg
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.main),
+                    leave=False, dynamic_ncols=True)
+
+    def epoch_done(self, entry: dict) -> None:
+        """Report and save a finished epoch; the checkpoint last, so that a run killed before it repeats the epoch."""
+        if not self.main:
+            return
+        run, cfg = self.run, self.run.cfg
+        train_stats, speed = entry["train"], entry["throughput"]
+        message = (f"epoch {entry['epoch']}/{cfg.epochs}  loss {train_stats['loss']:.4f}  "
                    f"test acc {entry['test']['accuracy']:.2f}  bal {entry['test']['balanced_accuracy']:.2f}  "
                    f"({entry['time_s']:.1f} s: {speed['images_per_s']:,.0f} img/s, input wait "
-                   f"{100 * speed['data_wait_share']:.0f} %, eval {entry['throughput']['eval_s']:.1f} s, "
+                   f"{100 * speed['data_wait_share']:.0f} %, eval {speed['eval_s']:.1f} s, "
                    f"peak {speed['peak_memory_mib']:,.0f} MiB {speed['memory']})")
         tqdm.write(message) if cfg.progress else log.info(message)
-        if board is not None:
-            board.write(entry)
-        atomic_write_text(out / "log.csv", _history_csv(history))
+        if self.board is not None:
+            self.board.write(entry)
+        atomic_write_text(self.out / "log.csv", _history_csv(run.history))
         # What `evaluate`, `predict`, `export` and `backbone` read; the checkpoint adds what resuming needs.
-        model_state = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": cfg.to_dict(),
-                       "class_names": list(data.class_names), "model": model.state_dict(), "history": history}
-        if "val" in entry and entry["val"]["accuracy"] > best_val:  # the first best, as results() chooses
-            best_val = entry["val"]["accuracy"]
+        model_state = {"format": CHECKPOINT_FORMAT, "epoch": entry["epoch"], "config": cfg.to_dict(),
+                       "class_names": list(run.data.class_names), "model": run.model.state_dict(),
+                       "history": run.history}
+        if "val" in entry and entry["val"]["accuracy"] > self.best_val:  # the first best, as results() chooses
+            self.best_val = entry["val"]["accuracy"]
             # Written before the checkpoint: a run killed between the two redoes this epoch and writes it again.
-            atomic_torch_save({**model_state, "chosen_by": "validation accuracy"}, out / SELECTED_FILE)
-        atomic_torch_save({**model_state, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, checkpoint_path)
-    if profiler is not None:
-        profiler.close()  # the run ended before the profile's last step
-    if board is not None:
-        board.close()
+            atomic_torch_save({**model_state, "chosen_by": "validation accuracy"}, self.out / SELECTED_FILE)
+        atomic_torch_save({**model_state, "method": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
+                           "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict()},
+                          self.out / CHECKPOINT_FILE)
 
-    metrics = results(cfg, data, history, method.lambda_con, device, precision, time.perf_counter() - started)
-    metrics.update(loader=kind, compiled=switch_on(cfg.compile, device))
-    if main and "selected_epoch" in metrics and _selected_epoch(out / SELECTED_FILE) == metrics["selected_epoch"]:
-        metrics["selected_checkpoint"] = SELECTED_FILE
-    audit = audit_labels(model, method, train_loader, data, precision)
-    if main:
-        audit.write_csv(out / AUDIT_FILE)
-        metrics["label_audit"] = audit.summary()
-    if context.enabled:
-        metrics["environment"]["processes"] = context.world_size
-    if main:
-        atomic_write_json(out / "metrics.json", metrics)
-    return metrics
+    def finish(self) -> dict:
+        """The run's metrics (every process computes them; process 0 writes them with the label audit)."""
+        run = self.run
+        if self.profiler is not None:
+            self.profiler.close()  # the run ended before the profile's last step
+        if self.board is not None:
+            self.board.close()
+        metrics = results(run.cfg, run.data, run.history, run.method.lambda_con, run.device, run.precision,
+                          time.perf_counter() - self.started)
+        metrics.update(loader=run.loader_kind, compiled=run.compiled)
+        if self.main and "selected_epoch" in metrics and \
+                _selected_epoch(self.out / SELECTED_FILE) == metrics["selected_epoch"]:
+            metrics["selected_checkpoint"] = SELECTED_FILE
+        audit = audit_labels(run.model, run.method, run.train_loader, run.data, run.precision)
+        if run.context.enabled:
+            metrics["environment"]["processes"] = run.context.world_size
+        if self.main:
+            audit.write_csv(self.out / AUDIT_FILE)
+            metrics["label_audit"] = audit.summary()
+            atomic_write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+
+def _load_resume_state(cfg: TrainConfig, checkpoint_path: Path) -> dict | None:
+    """The checkpoint to continue from (None to start afresh); refuses to overwrite a finished run."""
+    out = checkpoint_path.parent
+    if not cfg.resume and (checkpoint_path.exists() or (out / "metrics.json").exists()):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.resume and checkpoint_path.exists():
+        state = read_checkpoint(checkpoint_path)
+        _check_resumable(state["config"], cfg, checkpoint_path)
+        return state
+    if cfg.resume:
+        log.info("%s holds no checkpoint yet; starting a new run", out)
+    return None
 
 
 def _selected_epoch(path: Path) -> int | None:

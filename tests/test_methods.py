@@ -193,3 +193,55 @@ def test_smec_pieces_can_leave_batch_norm_statistics_alone():
     for name, buffer in alone.named_buffers():
         assert torch.equal(results[False][2][name], buffer), name
     assert not torch.equal(results[True][2]["bn1.running_mean"], alone.bn1.running_mean)
+
+
+# --- the registry: a method is one class ------------------------------------------------------------------------
+
+
+def test_a_new_method_is_one_registered_class(tmp_path):
+    """A method declared and registered in one class trains through config, recipe, sweep parsing and trainer,
+    with no other file touched."""
+    from smec_fast.methods import TrainingMethod, base, method_names, register
+    from smec_fast.sweep import parse_variants
+    from smec_fast.trainer import train
+
+    @register
+    class SmoothedCrossEntropy(TrainingMethod):
+        name = "ce-smooth"
+        summary = "cross-entropy with label smoothing 0.1 (this test's method)"
+        official_recipe = {"lr": 5e-4}
+
+        def forward(self, model, images, labels, index):
+            logits, _ = model(images)
+            loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=0.1)
+            return loss, {"ce": loss.detach()}
+
+    try:
+        assert method_names()[-1] == "ce-smooth"
+        assert parse_variants("ce-smooth:recipe=official")[0].method == "ce-smooth"
+        cfg = resolve_config(cli_values={"method": "ce-smooth", "recipe": "official", "image_size": 32, "epochs": 1,
+                                         "synthetic_train_size": 64, "synthetic_test_size": 32, "batch_size": 16,
+                                         "progress": False, "num_workers": 0, "out": str(tmp_path / "run")})
+        assert cfg.lr == 5e-4  # its own official recipe
+        metrics = train(cfg)
+        assert metrics["method"] == "ce-smooth" and metrics["lambda_con"] is None
+        assert set(metrics["history"][0]["train"]) == {"loss", "ce"}
+    finally:
+        del base._REGISTRY["ce-smooth"]
+    with pytest.raises(ValueError, match="a name of its own"):
+        register(type("Again", (CrossEntropyMethod,), {}))  # "ce" is taken
+
+
+@pytest.mark.parametrize("module", ["trainer", "inference", "cli", "sweep"])
+def test_only_the_methods_modules_name_a_method(module):
+    """The trainer, inference, CLI and sweeps read what a method declares; none of them names one."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from smec_fast.methods import method_names
+
+    source = Path(importlib.import_module(f"smec_fast.{module}").__file__).read_text(encoding="utf-8")
+    strings = {node.value for node in ast.walk(ast.parse(source))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert not strings & set(method_names())

@@ -89,6 +89,11 @@ class TrainingMethod(nn.Module):
     def set_progress(self, epochs_done: float) -> None:
         """Called before every step with the fraction of training done, in epochs."""
 
+    def sample_beliefs(self) -> torch.Tensor | None:
+        """(N, K) the method's own running belief about each training sample's class (ELR's targets), which the
+        label audit reports beside the model's; None for a method that keeps none."""
+        return None
+
     def epoch_stats(self) -> dict[str, float]:
         """Called after every training epoch: figures of the epoch, added to its training row (log.csv's
         train_* columns, metrics.json's history) beside the mean loss parts."""

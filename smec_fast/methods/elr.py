@@ -24,6 +24,9 @@ class ElrMethod(TrainingMethod):
     def from_config(cls, cfg, labels, num_classes, noise_rate, clean_labels=None):
         return cls(labels.numel(), num_classes, cfg.beta, cfg.lambda_elr)
 
+    def sample_beliefs(self):
+        return self.elr.targets
+
     def forward(self, model, images, labels, index):
         logits, _ = model(images)
         loss = self.elr(logits, labels, index)

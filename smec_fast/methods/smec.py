@@ -70,6 +70,9 @@ class SmecMethod(TrainingMethod):
     def describe(self) -> list[str]:
         return [f"split: {describe_split(self.consistency.grid)}"]
 
+    def sample_beliefs(self):
+        return self.elr.targets if self.elr is not None else None
+
     def set_progress(self, epochs_done: float) -> None:
         ramp = 1.0 if self.warmup_epochs <= 0 else min(1.0, epochs_done / self.warmup_epochs)
         self.con_ramp.fill_(ramp)
