@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.checkpoint:
         from smec_fast.data.images import decode_image_file, normalize
-        from smec_fast.inference import load_trained_model, predict_photo_faces
+        from smec_fast.inference import load_trained_model
+        from smec_fast.media import predict_photo_faces
 
         trained = load_trained_model(args.checkpoint)
         class_names = [n.lower() for n in trained.class_names]

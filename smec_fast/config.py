@@ -23,7 +23,8 @@ from smec_fast.errors import ConfigError, first_line
 from smec_fast.grid import grid_text, parse_grid, parse_split, split_name
 
 DATASETS = ("synthetic", "rafdb", "folder")
-SWITCH = ("auto", "on", "off")  # auto: chosen for the device (smec_fast.precision, trainer.switch_on)
+SUBSETS = ("test", "train")  # the images of a dataset that evaluate and audit score
+SWITCH = ("auto", "on", "off")  # auto: chosen for the device (smec_fast.precision, devices.switch_on)
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOADERS = ("auto", "torch", "dali", "cached")
@@ -360,6 +361,7 @@ def config_from_dict(values: dict) -> TrainConfig:
 __all__ = [
     "TrainConfig",
     "DATASETS",
+    "SUBSETS",
     "PRESETS",
     "FIELDS",
     "coerce",

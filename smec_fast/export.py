@@ -11,15 +11,19 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
-from smec_fast.errors import ConfigError, SmecFastError
-from smec_fast.inference import TrainedModel
 from smec_fast.atomic import atomic_write_json
+from smec_fast.errors import ConfigError, SmecFastError
 
-FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
+if TYPE_CHECKING:
+    import torch
+
+    from smec_fast.inference import TrainedModel
+
+# torch is imported where it is used, so that the command line reads these choices without loading it
+FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}  # format -> file suffix
+BACKBONE_HEADS = ("keep", "drop")  # a backbone file with its classifier, or without
 
 
 def _write_via_temp(path: Path, write) -> None:
@@ -37,6 +41,10 @@ def _write_via_temp(path: Path, write) -> None:
 
 def export_model(trained: TrainedModel, fmt: str, out: str | Path) -> Path:
     """Write the model in `fmt` (torchscript | onnx) to `out`, plus `out` + `.json` with its metadata."""
+    import torch
+
+    from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
+
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out = Path(out)
@@ -81,6 +89,8 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     any machine, whatever the file's container."""
     import hashlib
 
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(weights):
         tensor = weights[name].detach().cpu().contiguous()
@@ -106,8 +116,8 @@ def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") 
     from smec_fast.model import HEAD_KEYS
     from smec_fast.checkpoint import read_checkpoint
 
-    if head not in ("keep", "drop"):
-        raise ConfigError(f"--head must be keep or drop, got {head!r}")
+    if head not in BACKBONE_HEADS:
+        raise ConfigError(f"--head must be one of {', '.join(BACKBONE_HEADS)}; got {head!r}")
     checkpoint = Path(checkpoint)
     state = read_checkpoint(checkpoint)
     try:

@@ -1,9 +1,12 @@
-"""Using a trained model: load it from a checkpoint, classify image files, compute their CAMs."""
+"""Using a trained model: load it from a checkpoint, classify image files, compute their CAMs. Faces found in
+photos and videos are classified by smec_fast.media."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 from smec_fast.checkpoint import read_checkpoint
 from smec_fast.config import TrainConfig, config_from_dict
 from smec_fast.data.images import decode_image_file, decode_rgb, normalize, pil_to_tensor
-from smec_fast.errors import CheckpointError, DataError, first_line
+from smec_fast.errors import CheckpointError, ConfigError, DataError
 from smec_fast.kernels import cam
 from smec_fast.methods import model_head
 from smec_fast.model import FerResNet18, build_model
@@ -117,6 +120,31 @@ def predict_files(trained: TrainedModel, files: list[Path], batch_size: int = 32
             chosen = [None] * len(images)
         predictions += [Prediction(f, p, m) for f, p, m in zip(batch_files, probs, chosen)]
     return predictions, skipped
+
+
+def prediction_table(predictions: list[Prediction], class_names: tuple[str, ...]) -> str:
+    """`predict`'s CSV: a row per image, its file, predicted class and the probability of every class."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "predicted", *class_names])
+    for p in predictions:
+        writer.writerow([str(p.path), class_names[p.label], *(f"{v:.6f}" for v in p.probabilities.tolist())])
+    return buffer.getvalue()
+
+
+def write_cam_overlays(predictions: list[Prediction], root: Path, out: str | Path) -> None:
+    """One PNG per prediction under `out`: its image with the CAM of its predicted class painted over it, at the
+    image's place relative to `root` (a folder, or the one file given)."""
+    from PIL import Image
+
+    from smec_fast.atomic import atomic_write_bytes
+
+    for p in predictions:
+        overlay = cam_overlay(display_image(p.path), p.cam).permute(1, 2, 0).numpy()
+        relative = p.path.relative_to(root) if root.is_dir() else Path(p.path.name)
+        png = io.BytesIO()
+        Image.fromarray(overlay).save(png, format="PNG")
+        atomic_write_bytes(Path(out) / relative.with_name(relative.name + ".png"), png.getvalue())
 
 
 def _heat(cam_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -229,175 +257,47 @@ def cam_panels(models: list[TrainedModel], sources: list[Path | torch.Tensor], l
     return rows
 
 
-@dataclass
-class PhotoFaces:
-    """The faces found in one photo (or video frame) and the model's class probabilities for each (K,), or why
-    there are none."""
+def cam_figure(checkpoints: list[str | Path], out: str | Path, images: str | Path | None = None, num: int = 7,
+               titles: list[str] | None = None, seed: int = 0, device: str = "auto") -> int:
+    """`smec-fast cam`: the CAM overlays of several models side by side (the paper's Fig. 4), written to `out` as a
+    PNG; returns the number of images. `images` (a file or folder) gives the images, each shown with every model's
+    CAM of its own prediction; without it, `num` test images of the first model's dataset, one per class in turn
+    (chosen by `seed`), each with every model's CAM of its true class. Column titles default to the methods."""
+    from smec_fast.data import load_split
+    from smec_fast.data.images import list_images
+    from smec_fast.plots import save_cam_grid
+    from smec_fast.devices import resolve_device
 
-    path: Path
-    faces: list  # of smec_fast.faces.Face, most confident first
-    probabilities: list[torch.Tensor]
-    problem: str | None = None  # the photo could not be read: why
-    frame: int | None = None  # a video's frame: its index in the stream
-    time: float | None = None  # and its time in seconds
-    cams: list[torch.Tensor] = field(default_factory=list)  # each face's (h, w) CAM of its class, if asked
+    device = resolve_device(device)
+    models = [load_trained_model(path, device) for path in checkpoints]
+    for trained in models:
+        if not trained.model.has_cam:
+            from smec_fast.model import NO_CAM
 
-
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
-
-
-@torch.no_grad()
-def classify_faces(trained: TrainedModel, photos, detector, batch_size: int = 32, cams: bool = False):
-    """For each (PhotoFaces, RGB PIL image or None) of `photos`: detect the faces, align each as the training
-    faces are aligned, and classify them, the faces of many photos together, `batch_size` at a time. Yields the
-    pairs in their order once their faces are classified; an image of None (unreadable) passes through.
-    With `cams` (a model with CAMs), each face's CAM of its predicted class is kept too (PhotoFaces.cams)."""
-    from smec_fast.faces import align_face
-
-    device = next(trained.model.parameters()).device
-    waiting: list[tuple[PhotoFaces, object]] = []  # in order, not yielded yet
-    pending: list[tuple[PhotoFaces, torch.Tensor]] = []  # (photo, aligned face) not classified yet
-
-    def classify() -> None:
-        if pending:
-            x = normalize(torch.stack([face for _, face in pending]).to(device))  # (B, 3, S, S)
-            logits, feat = trained.model(x)
-            for (photo, _), p in zip(pending, torch.softmax(logits.float(), dim=1).cpu()):
-                photo.probabilities.append(p)
-            if cams:
-                maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
-                chosen = maps[torch.arange(len(pending)), logits.argmax(1)].cpu()  # (B, h, w)
-                for (photo, _), m in zip(pending, chosen):
-                    photo.cams.append(m)
-            pending.clear()
-
-    for photo, image in photos:
-        if image is not None:
-            photo.faces = detector.detect(image)
-            pixels = pil_to_tensor(image) if photo.faces else None
-            pending += [(photo, align_face(pixels, face, trained.image_size)) for face in photo.faces]
-        waiting.append((photo, image))
-        if len(pending) >= batch_size or len(waiting) >= batch_size:
-            classify()
-            yield from waiting
-            waiting.clear()
-    classify()
-    yield from waiting
-
-
-def _photos(files: list[Path]):
-    for path in files:
-        try:
-            yield PhotoFaces(path, [], []), decode_rgb(path)
-        except DataError as err:
-            yield PhotoFaces(path, [], [], problem=str(err)), None
-
-
-def predict_photo_faces(trained: TrainedModel, files: list[Path], detector, batch_size: int = 32,
-                        progress: bool = False, cams: bool = False) -> list[PhotoFaces]:
-    """The faces of every photo, classified (classify_faces). A photo that cannot be read gets a PhotoFaces with
-    `problem` set instead of stopping the others."""
-    from tqdm.auto import tqdm
-
-    done = classify_faces(trained, _photos(files), detector, batch_size, cams)
-    return [photo for photo, _ in tqdm(done, total=len(files), desc="photos", disable=not progress,
-                                       dynamic_ncols=True)]
-
-
-def video_frames(path: Path, fps: float | None = None):
-    """(PhotoFaces for the frame, RGB PIL image) of a video's frames, read with PyAV; with `fps`, the first frame
-    at or after every 1 / fps seconds. DataError names the file when it cannot be read as a video."""
-    try:
-        import av
-    except ImportError:
-        raise DataError(f"{path}: reading videos needs PyAV: pip install -e \".[detect]\"") from None
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read it as a video ({first_line(err)})") from None
-    with container:
-        if not container.streams.video:
-            raise DataError(f"{path}: holds no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        due = 0.0
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
-                if fps is not None:
-                    if t + 1e-6 < due:
-                        continue
-                    while due <= t + 1e-6:
-                        due += 1.0 / fps
-                yield PhotoFaces(path, [], [], frame=index, time=t), frame.to_image()
-        except av.FFmpegError as err:
-            raise DataError(f"{path}: the video breaks off ({first_line(err)})") from None
-
-
-def video_rate(path: Path) -> float:
-    """A video's average frame rate (frames per second), 25 where the file does not say."""
-    import av
-
-    with av.open(str(path)) as container:
-        rate = container.streams.video[0].average_rate
-    return float(rate) if rate else 25.0
-
-
-class VideoWriter:
-    """Annotated frames into an H.264 MP4 (MPEG-4 part 2 where the PyAV build lacks libx264)."""
-
-    def __init__(self, path: Path, rate: float):
-        import av
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(path), mode="w")
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        from fractions import Fraction
-
-        self.stream = self.container.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
-        self.stream.pix_fmt = "yuv420p"
-        self.size = None
-
-    def write(self, image) -> None:
-        import av
-
-        if self.size is None:  # yuv420p needs even sides
-            self.size = (image.width - image.width % 2, image.height - image.height % 2)
-            self.stream.width, self.stream.height = self.size
-        if image.size != self.size:
-            image = image.crop((0, 0, *self.size))
-        for packet in self.stream.encode(av.VideoFrame.from_image(image)):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-
-
-def annotate_photo(image, photo: PhotoFaces, class_names: tuple[str, ...]):
-    """A copy of the photo (an RGB PIL image, or its file) with each face's box, landmarks, class and probability
-    drawn on it, over each face's CAM where `photo.cams` holds them (face_cam_overlay)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    image = decode_rgb(image) if isinstance(image, Path) else image.copy()
-    if photo.cams:
-        pixels = pil_to_tensor(image)
-        for face, cam_map in zip(photo.faces, photo.cams):
-            pixels = face_cam_overlay(pixels, face.landmarks, cam_map)
-        image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
-    draw = ImageDraw.Draw(image)
-    width = max(2, round(max(image.size) / 300))
-    font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))
-    for face, probs in zip(photo.faces, photo.probabilities):
-        x0, y0, x1, y1 = face.box
-        draw.rectangle([x0, y0, x1, y1], outline=(255, 210, 0), width=width)
-        for x, y in face.landmarks.tolist():
-            draw.ellipse([x - width, y - width, x + width, y + width], fill=(0, 200, 255))
-        k = int(probs.argmax())
-        text = f"{class_names[k]} {100 * probs[k]:.0f}%"
-        left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
-        shift = bottom - top + 2 * width
-        draw.rectangle([left, top - shift, right + 2 * width, bottom - shift], fill=(255, 210, 0))
-        draw.text((x0 + width, y0 - shift), text, fill=(0, 0, 0), font=font)
-    return image
+            raise ConfigError(f"{trained.path}: {NO_CAM}")
+    names = models[0].class_names
+    for trained in models[1:]:
+        if trained.class_names != names:
+            raise ConfigError(f"{trained.path} has classes {', '.join(trained.class_names)}, "
+                              f"{models[0].path} has {', '.join(names)}: compare models of the same classes")
+    titles = titles or [m.config.method for m in models]
+    if len(titles) != len(models):
+        raise ConfigError(f"--labels gives {len(titles)} titles for {len(models)} checkpoints")
+    if images:
+        sources = list_images(images)[:num]
+        labels: list = [None] * len(sources)
+        row_titles = [p.name for p in sources]
+    else:
+        split = load_split(models[0].config, "test")
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).tolist()
+        chosen: list[int] = []
+        while len(chosen) < min(num, len(split)):  # one image per class in turn, as in the paper's Fig. 4
+            for k in range(len(names)):
+                pick = next((i for i in order if i not in chosen and int(split.labels[i]) == k), None)
+                if pick is not None and len(chosen) < num:
+                    chosen.append(pick)
+        labels = [int(split.labels[i]) for i in chosen]
+        sources = [split.images[i] if split.images is not None else split.paths[i] for i in chosen]
+        row_titles = [names[k] for k in labels]
+    save_cam_grid(cam_panels(models, sources, labels), ["input", *titles], row_titles, out)
+    return len(sources)

@@ -38,6 +38,7 @@ from smec_fast.audit import AUDIT_FILE, LabelAudit, class_probabilities
 from smec_fast.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, SELECTED_FILE, read_checkpoint
 from smec_fast.config import TrainConfig, config_from_dict, describe_recipe
 from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
+from smec_fast.devices import resolve_device, switch_on
 from smec_fast.distributed import (
     DistributedContext,
     all_reduce_sum,
@@ -52,7 +53,7 @@ from smec_fast.errors import ConfigError, SmecFastError, first_line
 from smec_fast.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from smec_fast.kernels import set_kernel_backend
 from smec_fast.methods import TrainingMethod, build_method, method_class, narrowest_input_width
-from smec_fast.metrics import confusion_matrix, summarize
+from smec_fast.metrics import evaluate
 from smec_fast.model import build_model, load_pretrained
 from smec_fast.monitor import (
     EpochMeter,
@@ -75,36 +76,6 @@ LOG_INTERVAL = 20  # steps between progress-bar updates (each reads the loss bac
 
 class TrainingDiverged(SmecFastError):
     """The loss became NaN or infinite."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def switch_on(value: str, device: torch.device) -> bool:
-    """`--compile` (auto | on | off) resolved for `device`: auto means on for CUDA, off elsewhere."""
-    return value == "on" or (value == "auto" and device.type == "cuda")
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: SplitLoader, class_names, amp: str = "off") -> dict:
-    """Metrics of `model` on a split (eval mode, no augmentation); under torchrun, on the whole split."""
-    model.eval()
-    k = len(class_names)
-    cm = torch.zeros(k, k, dtype=torch.long, device=loader.device)
-    for images, labels, _ in loader:
-        with autocast_context(loader.device, amp):
-            logits, _ = model(images)
-        cm += confusion_matrix(logits.argmax(1), labels, k).to(cm.device)
-    return summarize(all_reduce_sum(cm).cpu(), class_names)  # every process scored its shard
 
 
 class TrainingObjective(torch.nn.Module):

@@ -76,6 +76,35 @@ def test_evaluate_reproduces_the_final_test_metrics(run, capsys, tmp_path):
 
 
 @USES_RUN
+def test_evaluate_scores_the_subset_named_by_subset_or_its_old_name(run, capsys, tmp_path, caplog):
+    out, metrics = run
+    code, _, err = run_cli(capsys, "evaluate", out / "checkpoint.pt", "--subset", "train", "--out", tmp_path / "new",
+                           "--device", "cpu")
+    assert code == 0, err
+    train_result = json.loads((tmp_path / "new" / "evaluation.json").read_text())
+    assert train_result["split"] == "train" and train_result["num_images"] == metrics["num_train"]
+    with caplog.at_level("WARNING"):
+        code, _, err = run_cli(capsys, "evaluate", out / "checkpoint.pt", "--split", "train", "--out",
+                               tmp_path / "old", "--device", "cpu")
+    assert code == 0, err
+    assert "--split is the old name of --subset" in caplog.text
+    assert json.loads((tmp_path / "old" / "evaluation.json").read_text()) == train_result
+    code, _, err = run_cli(capsys, "evaluate", out / "checkpoint.pt", "--split", "train", "--subset", "test")
+    assert code == 2 and "name different subsets" in err
+
+
+def test_the_command_line_starts_without_torch():
+    """`smec-fast --help` and the parsers read choices and options without loading torch (2 s on the CPU)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from smec_fast.cli import build_parser; build_parser(); "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@USES_RUN
 def test_predict_accepts_any_image_and_matches_the_model(run, face_folder, capsys, tmp_path):
     out, _ = run
     csv_path = tmp_path / "pred.csv"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from smec_fast.faces import DETECTOR_INSTALL, FaceDetector, align_face, detector_available
@@ -286,7 +285,8 @@ def test_predict_detect_on_a_video_samples_frames_and_writes_an_annotated_video(
 
 
 def test_a_hundred_faces_in_one_photo_are_classified_in_batches(checkpoint, crops, detector, tmp_path):
-    from smec_fast.inference import load_trained_model, predict_photo_faces
+    from smec_fast.inference import load_trained_model
+    from smec_fast.media import predict_photo_faces
 
     places = [(50 + 100 * (k % 10), 50 + 100 * (k // 10), 72, 0) for k in range(100)]
     photo, _ = compose([crops[k % len(crops)] for k in range(100)], places, size=(1000, 1000), seed=1)

@@ -109,7 +109,7 @@ def test_the_code_gpu_sh_runs_imports_only_what_the_gpu_machine_has():
     # DALI (its loader), facenet-pytorch and PyAV (faces in photos and videos, which gpu.sh does not run), and
     # MediaPipe (the detector bench_faces.py measures against MTCNN, installed by hand).
     optional = {"nvidia": "smec_fast/data/dali.py", "facenet_pytorch": "smec_fast/faces.py",
-                "av": "smec_fast/inference.py", "mediapipe": "bench/bench_faces.py"}
+                "av": "smec_fast/media.py", "mediapipe": "bench/bench_faces.py"}
     assert third_party - set(optional) <= GPU_MACHINE_MODULES, third_party - GPU_MACHINE_MODULES
     for module, user in optional.items():
         users = [p.relative_to(REPO).as_posix() for p in files if module in _imports(p)]

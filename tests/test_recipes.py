@@ -14,8 +14,7 @@ from smec_fast.data import synthetic_split
 from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
 from smec_fast.data.loaders import make_loader
 from smec_fast.errors import CheckpointError, ConfigError
-from smec_fast.methods import (EacMethod, PixelNoise, RulMethod, ScnMethod, basic_augmentation, build_method,
-                               official_recipes)
+from smec_fast.methods import (EacMethod, PixelNoise, RulMethod, ScnMethod, basic_augmentation, official_recipes)
 from smec_fast.model import EmbeddingResNet18, FerResNet18, build_model, feature_map_size
 from smec_fast.seeding import stream
 from smec_fast.trainer import train

@@ -103,6 +103,22 @@ def write_label_file(path: str | Path, names: list[str], labels: torch.Tensor) -
     atomic_write_text(path, text)
 
 
+def write_noisy_label_file(labels: str | Path, out: str | Path, rate: float, seed: int, num_classes: int = 7,
+                           prefix: str = "train_") -> tuple[int, int]:
+    """`smec-fast noise`: the lines of the clean label file `labels` whose name starts with `prefix`, with
+    symmetric noise of `rate` (seeded by `seed`), written to `out` in the same format; returns (labels changed,
+    lines written)."""
+    from smec_fast.errors import ConfigError
+
+    entries = [e for e in parse_label_file(labels, num_classes) if e.name.startswith(prefix)]
+    if not entries:
+        raise ConfigError(f"{labels}: no line starts with --prefix {prefix!r}")
+    clean = torch.tensor([e.label for e in entries])
+    noisy = symmetric_noise(clean, rate, num_classes, seed)
+    write_label_file(out, [e.name for e in entries], noisy)
+    return int((noisy != clean).sum()), len(entries)
+
+
 @dataclass
 class NoiseReport:
     """How the training labels differ from the clean ones."""

@@ -8,7 +8,6 @@ interrupted and resumed. Flips are batch tensor ops on the training device.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

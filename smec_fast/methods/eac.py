@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from smec_fast.augment import noise_choice, random_erasing
 from smec_fast.distributed import shard_of_batch

@@ -35,7 +35,8 @@ from smec_fast.atomic import atomic_write_json
 from smec_fast.methods import build_method, narrowest_input_width
 from smec_fast.model import FerResNet18, load_pretrained
 from smec_fast.precision import autocast_context, resolve_precision
-from smec_fast.trainer import TrainingObjective, evaluate
+from smec_fast.metrics import evaluate
+from smec_fast.trainer import TrainingObjective
 
 VARIANTS = {  # name: (method, image size, head, piece_bn_stats, lambda_con ramp in epochs, classifier-only epochs)
     "smec-96-fresh-pieces": ("smec", 96, "drop", True, 0.0, 0),
