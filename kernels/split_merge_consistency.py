@@ -1,4 +1,4 @@
-"""Split-and-merge consistency loss L_con (SMEC eq. 5; DESIGN.md steps 2-6).
+"""Split-and-merge consistency loss L_con (SMEC eq. 5; docs/design.md steps 2-6).
 
 The input image is cut into a rows x cols grid of pieces; every piece is flipped horizontally and sent
 through the network. Each piece's CAM is flipped back, placed at its piece's position, and the merged map

@@ -1,4 +1,4 @@
-"""The split side of SMEC's split-and-merge module (DESIGN.md steps 3-4).
+"""The split side of SMEC's split-and-merge module (docs/design.md steps 3-4).
 
 `split_and_flip` cuts a batch into a rows x cols grid of equal pieces and flips every piece horizontally,
 stacking them piece-major so that one forward call handles all pieces. The merge side (flip back, place,

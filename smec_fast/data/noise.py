@@ -1,6 +1,6 @@
 """Symmetric label noise and EAC's label-file format.
 
-Symmetric noise (DESIGN.md step 10): a seeded choice of round(r * N) training samples, each relabelled to a
+Symmetric noise (docs/design.md step 10): a seeded choice of round(r * N) training samples, each relabelled to a
 class drawn uniformly from the other K - 1 classes, so exactly round(r * N) labels change.
 
 Label files hold one `name label` pair per line with 1-based labels (`train_00001.jpg 5`), as RAF-DB's

@@ -1,6 +1,6 @@
 """RAF-DB basic emotion set (Li et al., CVPR 2017).
 
-Layout (DESIGN.md): `basic/EmoLabel/list_patition_label.txt` holds `train_00001.jpg 5` lines with 1-based
+Layout (docs/data.md): `basic/EmoLabel/list_patition_label.txt` holds `train_00001.jpg 5` lines with 1-based
 labels in the order Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral; the aligned 100 x 100
 faces are `basic/Image/aligned/train_00001_aligned.jpg`, the original photos
 `basic/Image/original/train_00001.jpg` with five landmarks in
