@@ -269,7 +269,7 @@ def _config_options(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
-    return resolve_config(file_values, _config_options(args))
+    return resolve_config(file_values, _config_options(args), warn_unused=True)
 
 
 def _positive(value: int, option: str) -> None:

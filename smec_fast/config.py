@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from smec_fast.errors import ConfigError, first_line
 from smec_fast.grid import grid_text, parse_grid, parse_split, split_name
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "rafdb", "folder")
 SUBSETS = ("test", "train")  # the images of a dataset that evaluate and audit score
@@ -338,10 +341,11 @@ def load_config_file(path: str | Path) -> dict:
     return option_values(raw, f"config file {path}")
 
 
-def resolve_config(file_values: dict | None = None, cli_values: dict | None = None) -> TrainConfig:
+def resolve_config(file_values: dict | None = None, cli_values: dict | None = None,
+                   warn_unused: bool = False) -> TrainConfig:
     """Merge defaults < dataset preset < the method's recipe < file < command line into a validated TrainConfig.
     The layers are config fields (option_values); a grid given on the command line, as --grid or --split,
-    overrides the file's."""
+    overrides the file's. With `warn_unused`, an option given that only other methods read is warned of."""
     given = {**(file_values or {}), **(cli_values or {})}
     dataset = given.get("dataset", FIELDS["dataset"].default)
     if dataset not in PRESETS:
@@ -349,7 +353,15 @@ def resolve_config(file_values: dict | None = None, cli_values: dict | None = No
     method = given.get("method", FIELDS["method"].default)
     recipe = given.get("recipe", FIELDS["recipe"].default)
     values = {**PRESETS[dataset], **recipe_values(method, recipe), **given}
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values).validate()
+    if warn_unused:
+        from smec_fast.methods import options_of_others
+
+        others = options_of_others(cfg.method)
+        for key in sorted(k for k in given if k in others):
+            log.warning("--%s is read by %s only; --method %s ignores it", _flag(key), ", ".join(others[key]),
+                        cfg.method)
+    return cfg
 
 
 def config_from_dict(values: dict) -> TrainConfig:

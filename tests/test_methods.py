@@ -208,7 +208,6 @@ def test_a_new_method_is_one_registered_class(tmp_path):
     @register
     class SmoothedCrossEntropy(TrainingMethod):
         name = "ce-smooth"
-        summary = "cross-entropy with label smoothing 0.1 (this test's method)"
         official_recipe = {"lr": 5e-4}
 
         def forward(self, model, images, labels, index):
@@ -230,6 +229,20 @@ def test_a_new_method_is_one_registered_class(tmp_path):
         del base._REGISTRY["ce-smooth"]
     with pytest.raises(ValueError, match="a name of its own"):
         register(type("Again", (CrossEntropyMethod,), {}))  # "ce" is taken
+    with pytest.raises(ValueError, match="uses CAMs, which only a pooled head has"):
+        register(type("CamOnEmbedding", (RulMethod,), {"name": "rul-cam", "uses_cam": True}))
+    assert "rul-cam" not in method_names()
+
+
+def test_options_given_for_another_method_are_warned_of(caplog):
+    from smec_fast.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--method", "ce", "--eac-lambda", "3", "--grid", "2x2", "--lr", "1e-3"])
+    with caplog.at_level("WARNING"):
+        cfg = config_from_args(args)
+    assert cfg.eac_lambda == 3.0  # kept, as given
+    assert "--eac-lambda is read by eac only; --method ce ignores it" in caplog.text
+    assert "--grid is read by smec only" in caplog.text and "--lr" not in caplog.text
 
 
 @pytest.mark.parametrize("module", ["trainer", "inference", "cli", "sweep"])

@@ -14,6 +14,7 @@ from .base import (
     model_head,
     narrowest_input_width,
     official_recipes,
+    options_of_others,
     register,
 )
 from .smec import SmecMethod
@@ -25,6 +26,6 @@ from .rul import RulMethod
 
 __all__ = [
     "HEADS", "PixelNoise", "TrainingMethod", "basic_augmentation", "build_method", "method_class", "method_names",
-    "model_head", "narrowest_input_width", "official_recipes", "register",
+    "model_head", "narrowest_input_width", "official_recipes", "options_of_others", "register",
     "SmecMethod", "CrossEntropyMethod", "ElrMethod", "EacMethod", "ScnMethod", "RulMethod",
 ]

@@ -9,7 +9,7 @@ with checkpoints. Randomness (EAC's erasing, RUL's pairing) comes from a generat
 
 Each method's class declares, in one place, everything the rest of the package needs to know about it: its
 name, the config options it reads, its authors' official recipe, the classifier head it trains, whether its loss
-needs class activation maps, and how it is built from a config. `register` adds a class to the registry that
+needs class activation maps, and how it is built from a config (with SMEC's default consistency weight). `register` adds a class to the registry that
 `smec_fast.config` (names, recipes), the trainer and inference read; nothing outside a method's module names it.
 """
 
@@ -35,12 +35,12 @@ class TrainingMethod(nn.Module):
 
     # --- declaration (class attributes; `register` checks them) ---
     name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""  # one line: what the method is, with its paper
-    options: ClassVar[tuple[str, ...]] = ()  # the TrainConfig fields the method reads beyond the shared ones
+    # the TrainConfig fields the method reads beyond the shared ones; setting one for another method is warned of
+    options: ClassVar[tuple[str, ...]] = ()
     # config values of `--recipe official`, as the method's authors' released code sets them (empty: the shared
     # recipe is its own); a layer of defaults that a config file and the command line override
     official_recipe: ClassVar[dict] = {}
-    uses_cam: ClassVar[bool] = False  # its loss compares class activation maps
+    uses_cam: ClassVar[bool] = False  # its loss compares class activation maps, so its head must pool (has a CAM)
 
     # --- per-run state the trainer reads ---
     sample_state: tuple[str, ...] = ()  # buffers of shape (N, ...) a step updates at its samples' indices
@@ -107,8 +107,11 @@ def register(cls: type[TrainingMethod]) -> type[TrainingMethod]:
     """Class decorator: make a method available by its `name` (to `--method`, sweeps, recipes and checkpoints)."""
     if not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"{cls.__name__}: a method needs a name of its own, got {cls.name!r}")
-    if not cls.summary:
-        raise ValueError(f"{cls.__name__}: declare a one-line summary")
+    for recipe in ("shared", "official"):
+        if cls.head(recipe) not in HEADS:
+            raise ValueError(f"{cls.__name__}: head {cls.head(recipe)!r} is not one of {', '.join(HEADS)}")
+        if cls.uses_cam and cls.head(recipe) != "pooled":
+            raise ValueError(f"{cls.__name__}: its loss uses CAMs, which only a pooled head has ({recipe} recipe)")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -124,6 +127,17 @@ def method_class(name: str) -> type[TrainingMethod]:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r} (choose from {', '.join(_REGISTRY)})") from None
+
+
+def options_of_others(name: str) -> dict[str, tuple[str, ...]]:
+    """config field -> the other methods that read it, for the fields `name`'s method does not read."""
+    own = set(method_class(name).options)
+    found: dict[str, list[str]] = {}
+    for other, cls in _REGISTRY.items():
+        for option in cls.options:
+            if other != name and option not in own:
+                found.setdefault(option, []).append(other)
+    return {option: tuple(names) for option, names in found.items()}
 
 
 def official_recipes() -> dict[str, dict]:

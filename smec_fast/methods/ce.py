@@ -12,7 +12,6 @@ class CrossEntropyMethod(TrainingMethod):
     """Plain cross-entropy on the original images."""
 
     name = "ce"
-    summary = "cross-entropy alone"
 
     def forward(self, model, images, labels, index):
         logits, _ = model(images)

@@ -43,7 +43,6 @@ class EacMethod(TrainingMethod):
     """
 
     name = "eac"
-    summary = "EAC: cross-entropy + the consistency of the CAM of an erased face with its flip's"
     options = ("eac_lambda",)
     # src/main.py: 60 epochs, Adam, ExponentialLR(0.9) stepped per epoch, batch 32, lambda 5; lr 2e-4, which its
     # README gives for a ResNet-18 backbone (the code's 1e-4 is for its ResNet-50).

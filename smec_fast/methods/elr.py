@@ -12,7 +12,6 @@ class ElrMethod(TrainingMethod):
     """Cross-entropy plus ELR (Liu et al., NeurIPS 2020; the SMEC paper's eq. 4)."""
 
     name = "elr"
-    summary = "cross-entropy + early-learning regularisation (SMEC without L_con)"
     options = ("beta", "lambda_elr")
     sample_state = ("elr.targets",)
 

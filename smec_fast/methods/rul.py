@@ -40,7 +40,6 @@ class RulMethod(TrainingMethod):
     """
 
     name = "rul"
-    summary = "RUL: features of sample pairs mixed by relative uncertainty, classified with both labels"
     # src/main.py: 60 epochs, Adam, backbone and branches at 2e-4 (the classifier at 10x, param_groups),
     # ExponentialLR(0.9) per epoch, batch 64.
     official_recipe = {"epochs": 60, "lr": 2e-4, "lr_decay": 0.9, "batch_size": 64}

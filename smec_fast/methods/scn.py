@@ -48,7 +48,6 @@ class ScnMethod(TrainingMethod):
     """
 
     name = "scn"
-    summary = "SCN: attention-weighted cross-entropy, rank regularisation and relabelling"
     options = ("scn_beta", "scn_margin_rank", "scn_margin_relabel", "scn_relabel_epoch")
     # src/train.py: 70 epochs, Adam at its default lr 1e-3, ExponentialLR(0.9) per epoch, batch 64; it relabels from
     # its 10th epoch counted from 1 (0-based 9); the repository's README advises the rank margin 0.07 for batch 64

@@ -24,7 +24,6 @@ class SmecMethod(TrainingMethod):
     """
 
     name = "smec"
-    summary = "SMEC: cross-entropy + ELR + the consistency of each face's CAM with its split, flipped halves'"
     options = ("grid", "lambda_con", "con_warmup_epochs", "cam_weight_grad", "detach_original", "piece_bn_stats",
                "cls_loss", "beta", "lambda_elr")
     uses_cam = True
