@@ -26,15 +26,19 @@ setup(
         "pyyaml",
         "tqdm",
         "matplotlib",
+        "tifffile",  # TIFFs of float and 32-bit RGB samples, which PIL does not read
     ],
     extras_require={
         "export": ["onnx", "onnxscript"],
         # face detection: facenet-pytorch itself is installed with --no-deps (its metadata pins torch < 2.3)
         "detect": ["requests", "av"],
         "tensorboard": ["tensorboard"],
+        # HEIC/HEIF photos, iPhones' default (AVIF, WebP and the rest PIL reads itself)
+        "heif": ["pillow-heif"],
         # pytest < 9.2: on 9.2, pytest-xdist 3.8's --dist loadgroup silently stops grouping (pytest-xdist issue
         # 1386), and the suite's tests that share one expensive fixture would each set it up on every worker.
-        "test": ["pytest>=8,<9.2", "pytest-xdist", "pytest-benchmark", "onnx", "onnxscript", "onnxruntime", "tensorboard", "requests", "av"],
+        "test": ["pytest>=8,<9.2", "pytest-xdist", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime",
+                 "tensorboard", "requests", "av", "pillow-heif"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from smec_fast.data.images import decode_rgb, normalize, pil_to_tensor
+from smec_fast.data.images import IMAGE_SUFFIXES, decode_rgb, frame_count, frames, normalize, pil_to_tensor
 from smec_fast.errors import DataError, first_line
 from smec_fast.inference import TrainedModel, face_cam_overlay
 from smec_fast.kernels import cam
@@ -34,6 +34,7 @@ class PhotoFaces:
 
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
+ANIMATED_SUFFIXES = (".gif", ".webp", ".png", ".apng")  # images that may hold several frames
 
 
 @torch.no_grad()
@@ -94,9 +95,25 @@ def predict_photo_faces(trained: TrainedModel, files: list[Path], detector, batc
                                        dynamic_ncols=True)]
 
 
-def video_frames(path: Path, fps: float | None = None):
-    """(PhotoFaces for the frame, RGB PIL image) of a video's frames, read with PyAV; with `fps`, the first frame
-    at or after every 1 / fps seconds. DataError names the file when it cannot be read as a video."""
+def _displayed(image, rotation: float):
+    """A video frame turned as its display matrix says: `rotation` degrees counter-clockwise (PyAV's
+    VideoFrame.rotation; phones record portrait video as landscape frames with -90 or 90)."""
+    from PIL import Image
+
+    turn = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270,
+            180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180}.get(round(rotation))
+    if turn is not None:
+        return image.transpose(turn)
+    return image.rotate(rotation, expand=True) if rotation else image
+
+
+def _decoded_frames(path: Path):
+    """(index, time in seconds, RGB PIL image as displayed) of every frame of a video (PyAV) or of an animated
+    image (PIL). DataError names the file when it cannot be read."""
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:  # an animated GIF, WebP or PNG
+        for index, (image, t) in enumerate(frames(path)):
+            yield index, t, image
+        return
     try:
         import av
     except ImportError:
@@ -110,22 +127,34 @@ def video_frames(path: Path, fps: float | None = None):
             raise DataError(f"{path}: holds no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        due = 0.0
         try:
             for index, frame in enumerate(container.decode(stream)):
                 t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
-                if fps is not None:
-                    if t + 1e-6 < due:
-                        continue
-                    while due <= t + 1e-6:
-                        due += 1.0 / fps
-                yield PhotoFaces(path, [], [], frame=index, time=t), frame.to_image()
+                yield index, t, _displayed(frame.to_image(), frame.rotation)
         except av.FFmpegError as err:
             raise DataError(f"{path}: the video breaks off ({first_line(err)})") from None
 
 
+def video_frames(path: Path, fps: float | None = None):
+    """(PhotoFaces for the frame, RGB PIL image as displayed) of a video's frames, or of an animated image's; with
+    `fps`, the first frame at or after every 1 / fps seconds. A video is turned as its display matrix says.
+    DataError names the file when it cannot be read as a video."""
+    due = 0.0
+    for index, t, image in _decoded_frames(path):
+        if fps is not None:
+            if t + 1e-6 < due:
+                continue
+            while due <= t + 1e-6:
+                due += 1.0 / fps
+        yield PhotoFaces(path, [], [], frame=index, time=t), image
+
+
 def video_rate(path: Path) -> float:
-    """A video's average frame rate (frames per second), 25 where the file does not say."""
+    """A video's average frame rate (frames per second), 25 where the file does not say; an animated image's from
+    its frames' durations."""
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        times = [t for _, t in frames(path)]
+        return (len(times) - 1) / times[-1] if len(times) > 1 and times[-1] > 0 else 10.0
     import av
 
     with av.open(str(path)) as container:
@@ -193,17 +222,29 @@ def annotate_photo(image, photo: PhotoFaces, class_names: tuple[str, ...]):
     return image
 
 
+def is_video(path: Path) -> bool:
+    """A video file by its suffix, or an animated image (GIF, WebP, PNG) of several frames: --detect reads every
+    frame of both."""
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        return True
+    if path.suffix.lower() in ANIMATED_SUFFIXES:
+        try:
+            return frame_count(path) > 1
+        except DataError:
+            return False  # the photo path reports it
+    return False
+
+
 def detect_inputs(root: Path) -> tuple[list[Path], list[Path]]:
     """(photos, videos) of `root`: one file, or those under a folder (recursively, sorted)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     if root.is_file():
-        return ([], [root]) if root.suffix.lower() in VIDEO_EXTENSIONS else ([root], [])
+        return ([], [root]) if is_video(root) else ([root], [])
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    photos = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
-    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
+    candidates = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in VIDEO_EXTENSIONS]
+    videos = [p for p in candidates if is_video(p)]
+    photos = [p for p in candidates if p not in set(videos)]
     if not photos and not videos:
         raise DataError(f"{root}: no image or video files in this folder")
     return photos, videos

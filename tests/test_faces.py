@@ -242,13 +242,16 @@ def test_align_turns_a_tree_of_photos_into_a_trainable_tree_and_resumes(crops, t
     assert main(["align", str(src), str(src / "inside")]) == 2
 
 
-def _write_video(path, frames, rate=6):
+def _write_video(path, frames, rate=6, display_rotation=None):
     import av
 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=rate)
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 2_000_000
+        if display_rotation is not None:
+            stream.set_display_rotation(display_rotation)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_image(frame)):
                 container.mux(packet)
@@ -295,3 +298,65 @@ def test_a_hundred_faces_in_one_photo_are_classified_in_batches(checkpoint, crop
     assert 80 <= len(result.faces) <= 100 and len(result.probabilities) == len(result.faces)
     cells = {(int((f.box[0] + f.box[2]) / 200), int((f.box[1] + f.box[3]) / 200)) for f in result.faces}
     assert len(cells) == len(result.faces)  # one detection per placed face, none twice
+
+
+
+def test_a_photo_as_cameras_store_it_gives_its_face_where_it_is_displayed(checkpoint, crops, tmp_path):
+    """One photo stored four ways: a plain JPEG, a CMYK JPEG, a JPEG stored sideways with EXIF orientation 6 (as
+    phones save portrait photos) and a 16-bit greyscale PNG. Each gives its face, the same class, and the box
+    where the face shows."""
+    import numpy as np
+
+    from smec_fast.cli import main
+
+    photo, _ = compose([crops[2]], [(300, 190, 170, 0)], size=(480, 360), seed=4)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo.save(photos / "plain.jpg", quality=95)
+    photo.convert("CMYK").save(photos / "cmyk.jpg", quality=95)
+    sideways = Image.Exif()
+    sideways[0x0112] = 6  # rotate 90 degrees clockwise to display
+    photo.transpose(Image.Transpose.ROTATE_90).save(photos / "phone.jpg", quality=95, exif=sideways.tobytes())
+    Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(photos / "deep.png")
+    out = tmp_path / "faces.csv"
+    assert main(["predict", str(checkpoint), str(photos), "--detect", "--out", str(out)]) == 0
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out.open())}
+    assert sorted(rows) == ["cmyk.jpg", "deep.png", "phone.jpg", "plain.jpg"]
+    assert all(r["status"] == "ok" and r["face"] == "0" for r in rows.values()), rows
+    plain = rows["plain.jpg"]
+    for name, row in rows.items():
+        box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+        assert box == pytest.approx([float(plain[k]) for k in ("x0", "y0", "x1", "y1")], abs=8), name
+        assert 300 - 85 - 10 < (box[0] + box[2]) / 2 < 300 + 85 + 10 and box[3] <= 360, name  # displayed frame
+    assert {rows[name]["predicted"] for name in ("plain.jpg", "cmyk.jpg", "phone.jpg")} == {plain["predicted"]}
+
+
+def test_a_sideways_phone_video_gives_its_faces(checkpoint, crops, tmp_path):
+    """Frames stored as landscape with a display rotation, as phones record portrait video: read as displayed."""
+    from smec_fast.cli import main
+
+    upright = [compose([crops[0]], [(120, 170, 150, 0)], size=(240, 320), seed=6)[0] for _ in range(6)]
+    clip = tmp_path / "portrait.mp4"
+    _write_video(clip, [f.transpose(Image.Transpose.ROTATE_90) for f in upright], display_rotation=-90)
+    out = tmp_path / "video.csv"
+    assert main(["predict", str(checkpoint), str(clip), "--detect", "--out", str(out)]) == 0
+    found = [r for r in csv.DictReader(out.open()) if r["status"] == "ok"]
+    assert len(found) >= 5
+    for r in found:  # in the displayed 240 x 320 frame, around the face's place
+        assert abs((float(r["x0"]) + float(r["x1"])) / 2 - 120) < 30 and abs((float(r["y0"]) + float(r["y1"])) / 2 - 170) < 40
+
+
+def test_an_animated_gif_given_to_detect_is_read_frame_by_frame(checkpoint, crops, tmp_path):
+    from smec_fast.cli import main
+
+    shots = [compose([crops[1]], [(100 + 20 * i, 120, 120, 0)], size=(320, 240), seed=8)[0] for i in range(3)]
+    gif = tmp_path / "moving.gif"
+    shots[0].save(gif, save_all=True, append_images=shots[1:], duration=200, loop=0)
+    out = tmp_path / "gif.csv"
+    assert main(["predict", str(checkpoint), str(gif), "--detect", "--out", str(out)]) == 0
+    rows = [r for r in csv.DictReader(out.open()) if r["face"] in ("", "0")]
+    assert [r["frame"] for r in rows] == ["0", "1", "2"]
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.2, 0.4])
+    found = [r for r in rows if r["status"] == "ok"]
+    centres = [(float(r["x0"]) + float(r["x1"])) / 2 for r in found]
+    assert len(found) >= 2 and centres == sorted(centres)  # the face moves right, 20 px a frame

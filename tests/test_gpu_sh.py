@@ -106,10 +106,12 @@ def test_the_code_gpu_sh_runs_imports_only_what_the_gpu_machine_has():
     local = {p.stem for p in REPO.glob("bench/*.py")} | {"smec_fast", "kernels"}
     third_party = set().union(*map(_imports, files)) - set(sys.stdlib_module_names) - local
     # Optional packages the GPU machine lacks, each imported by one module inside the functions that need it:
-    # DALI (its loader), facenet-pytorch and PyAV (faces in photos and videos, which gpu.sh does not run), and
-    # MediaPipe (the detector bench_faces.py measures against MTCNN, installed by hand).
+    # DALI (its loader), facenet-pytorch and PyAV (faces in photos and videos, which gpu.sh does not run),
+    # tifffile and pillow-heif (float TIFFs and HEIC photos, which gpu.sh does not read) and MediaPipe (the
+    # detector bench_faces.py measures against MTCNN, installed by hand).
     optional = {"nvidia": "smec_fast/data/dali.py", "facenet_pytorch": "smec_fast/faces.py",
-                "av": "smec_fast/media.py", "mediapipe": "bench/bench_faces.py"}
+                "av": "smec_fast/media.py", "tifffile": "smec_fast/data/images.py",
+                "pillow_heif": "smec_fast/data/images.py", "mediapipe": "bench/bench_faces.py"}
     assert third_party - set(optional) <= GPU_MACHINE_MODULES, third_party - GPU_MACHINE_MODULES
     for module, user in optional.items():
         users = [p.relative_to(REPO).as_posix() for p in files if module in _imports(p)]

@@ -37,7 +37,7 @@ from smec_fast.data.align import (ALIGNED_SIZE, TEMPLATE, corner_maps, similarit
 from smec_fast.data.cache import CachedLoader, HostBatchBuffers
 from smec_fast.data.dali import dali_available
 from smec_fast.data.rafdb import load_rafdb, read_landmarks
-from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
+from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, decode_image_file
 from smec_fast.data.torch_loader import epoch_batches
 from smec_fast.data.loaders import LOADER_KINDS, default_loader, make_loader
 from smec_fast.data.validate import jpeg_problem, validate_split
@@ -79,7 +79,7 @@ def textured_image(rng: np.random.Generator, h: int, w: int, grey: bool) -> Imag
 def write_folder_dataset(root: Path, counts: dict[str, int], size: tuple[int, int], seed: int = 0,
                          grey_every: int = 3) -> Path:
     """root/train/<class>/*.jpg: generated JPEGs, every `grey_every`-th one greyscale, every 5th one with an
-    EXIF orientation tag (rotate 90 degrees) that every loader must ignore, as PIL's decode does."""
+    EXIF orientation tag (rotate 90 degrees) that every loader must apply, as the decode path does."""
     rng = np.random.default_rng(seed)
     rotated = Image.Exif()
     rotated[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
@@ -142,8 +142,10 @@ def test_loader_matches_reference_pixels_without_flips(small_split, kind, size):
 def test_cached_images_are_the_reference_decode(small_split):
     loader = CachedLoader(small_split, 32, 8, CPU, train=False)
     for i in (0, 1, 17):
-        decoded = np.asarray(Image.open(small_split.paths[i]).convert("RGB"))
+        decoded = np.asarray(decode_rgb(small_split.paths[i]))
         assert torch.equal(loader.images[i], torch.from_numpy(decoded.copy()).permute(2, 0, 1))
+    stored = np.asarray(Image.open(small_split.paths[0]).convert("RGB"))  # tagged: rotate 90 degrees to display
+    assert np.array_equal(loader.images[0].permute(1, 2, 0).numpy(), np.rot90(stored, k=-1))
     assert loader.images.dtype == torch.uint8 and loader.images.shape == (40, 3, 32, 32)
 
 
@@ -277,7 +279,11 @@ def rafdb_original(tmp_path_factory):
         centre = torch.tensor([w / 2, h / 2], dtype=torch.float64) + torch.from_numpy(rng.uniform(-15, 15, 2))
         points = (TEMPLATE - 49.5) @ (scale * rot).T + centre  # (5, 2) landmarks in the photo
         to_frame = similarity_fit(points.unsqueeze(0), TEMPLATE)[0]
-        Image.fromarray(face_photo(rng, to_frame, h, w)).save(root / "basic" / "Image" / "original" / name, quality=95)
+        # photo 1 carries an EXIF orientation tag: its landmarks refer to the stored pixels, which every loader keeps
+        exif = Image.Exif()
+        exif[0x0112] = 6 if i == 1 else 1
+        Image.fromarray(face_photo(rng, to_frame, h, w)).save(root / "basic" / "Image" / "original" / name, quality=95,
+                                                              exif=exif.tobytes())
         text = "".join(f"{x:.3f}\t{y:.3f}\n" for x, y in points.tolist()) + "0\n1\n2\n"  # gender, race, age lines
         (root / "basic" / "Annotation" / "manual" / f"train_{i + 1:05d}_manu_attri.txt").write_text(text)
         lines.append(f"{name} {i % 7 + 1}\n")
@@ -478,3 +484,54 @@ def test_dali_missing_gives_a_clear_error(monkeypatch, small_split):
     monkeypatch.setattr(builtins, "__import__", no_dali)
     with pytest.raises(ConfigError, match="--loader dali needs NVIDIA DALI.*nvidia-dali-cuda130"):
         make_loader("dali", small_split, 8, 2, CPU, train=False)
+
+
+def mixed_mode_folder(root: Path, with_alpha: bool) -> Path:
+    """root/train/a/: the same kind of picture stored as a phone would (JPEG turned by EXIF), at 16 bits (PNG and
+    TIFF, greyscale and RGB), as CMYK, as a palette, and, `with_alpha`, with transparent pixels."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    folder = root / "train" / "a"
+    folder.mkdir(parents=True)
+    rgb = np.asarray(textured_image(rng, 32, 40, grey=False))
+    sideways = Image.Exif()
+    sideways[0x0112] = 6
+    Image.fromarray(np.rot90(rgb, k=1).copy()).save(folder / "phone.jpg", quality=95, exif=sideways.tobytes())
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "grey16.png")
+    tifffile.imwrite(folder / "rgb16.tif", rgb.astype(np.uint16) * 257, photometric="rgb")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    Image.fromarray(rgb).quantize(32).save(folder / "palette.png")
+    if with_alpha:
+        Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]), "RGBA").save(folder / "alpha.png")
+    (root / "train" / "b").mkdir()
+    Image.fromarray(rgb).save(root / "train" / "b" / "plain.png")
+    return root
+
+
+@pytest.mark.parametrize("kind", KINDS[1:])
+def test_every_loader_reads_every_mode_as_the_decode_path_does(tmp_path, kind):
+    split = load_folder(mixed_mode_folder(tmp_path, with_alpha=kind != "dali"), "train")
+    size = 48  # enlarging: every loader within UPSCALE_TOL of the reference
+    expected = torch.stack([decode_image_file(path, size) for path in split.paths]).float()  # (N, 3, S, S)
+    images, _, index = next(iter(make_loader(kind, split, size, len(split), CPU, train=False)))
+    assert index.tolist() == list(range(len(split)))
+    diff = (grey_levels(images) - expected).abs()
+    assert diff.max() <= UPSCALE_TOL, {p.name: round(float(d.max()), 2) for p, d in zip(split.paths, diff)}
+    phone = [p.name for p in split.paths].index("phone.jpg")
+    upright = np.asarray(Image.open(split.paths[phone]).convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    shown = np.array(Image.fromarray(upright).resize((size, size), Image.Resampling.BILINEAR))
+    assert (expected[phone] - torch.from_numpy(shown).permute(2, 0, 1)).abs().max() == 0  # as displayed
+
+
+@needs_dali
+def test_dali_refuses_files_it_would_decode_otherwise_and_auto_avoids_it(tmp_path, monkeypatch):
+    from smec_fast.data import loaders
+
+    split = load_folder(mixed_mode_folder(tmp_path, with_alpha=True), "train")
+    with pytest.raises(ConfigError, match=r"--loader dali: .*alpha.png holds mode RGBA, which DALI's decoder"):
+        make_loader("dali", split, 32, 4, CPU, train=False)
+    monkeypatch.setattr(loaders, "cache_bytes", lambda split, size: 10**18)  # too large to cache
+    assert default_loader("cpu", split, 32) == "torch"
+    (tmp_path / "train" / "a" / "alpha.png").unlink()
+    assert default_loader("cpu", load_folder(tmp_path, "train"), 32) == "dali"

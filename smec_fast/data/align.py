@@ -146,5 +146,6 @@ def align_photo(photo: torch.Tensor, matrix: torch.Tensor, size: int | None = No
 
 
 def decode_aligned_image_file(path: Path, matrix: torch.Tensor, size: int | None) -> torch.Tensor:
-    """(3, S, S) uint8: the photo decoded with PIL and aligned by `matrix` (align_photo)."""
-    return align_photo(pil_to_tensor(decode_rgb(path)), matrix, size)
+    """(3, S, S) uint8: the photo decoded as stored (its landmarks, and so `matrix`, refer to the stored pixel
+    grid, whatever its EXIF orientation says) and aligned by `matrix` (align_photo)."""
+    return align_photo(pil_to_tensor(decode_rgb(path, orientation="stored")), matrix, size)

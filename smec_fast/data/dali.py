@@ -1,7 +1,9 @@
 """NVIDIA DALI loader: read, decode, align, normalise, flip and resize image files in a DALI pipeline.
 
 One pipeline serves both devices: on a GPU the JPEGs are decoded by nvJPEG ("mixed") and every later step
-runs on the GPU; on the CPU the same operators run in DALI's CPU threads (`device_id=None`). Per sample:
+runs on the GPU; on the CPU the same operators run in DALI's CPU threads (`device_id=None`). It reads only files
+its decoder reads exactly as the one decode path (images.decode_rgb) does, orientation and bit depth included
+(dali_problem: a split holding others is refused, and `--loader auto` does not choose DALI for it). Per sample:
 
     file bytes -> decode (RGB) -> [warp to the 100 x 100 aligned frame] -> mirror + normalise (CHW float)
                -> resize to S x S (bilinear; antialiased when shrinking)
@@ -46,6 +48,42 @@ def dali_available() -> bool:
         return importlib.util.find_spec("nvidia.dali") is not None
     except (ImportError, ValueError):
         return False
+
+
+# Files DALI's decoder reads exactly as images.decode_rgb does (tests/test_loaders.py checks each kind on the same
+# files): JPEG of any mode and EXIF orientation, and PNG, BMP, WebP and TIFF without transparency in these modes,
+# 16-bit greyscale and RGB included (DALI scales them by their range too).
+DALI_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
+DALI_MODES = ("1", "L", "P", "RGB", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L")
+
+
+def dali_problem(path) -> str | None:
+    """Why DALI's decoder would read this file otherwise than decode_rgb (transparency, several frames, an
+    unusual format or bit depth), or None; a file PIL cannot open is for the decode path to report."""
+    from .images import open_image
+
+    try:
+        with open_image(path) as image:
+            if image.format not in DALI_FORMATS:
+                return f"a {image.format} image"
+            if image.mode not in DALI_MODES:
+                return f"mode {image.mode}"
+            if "transparency" in image.info:
+                return "transparent pixels"
+            if getattr(image, "n_frames", 1) > 1:
+                return f"{image.n_frames} frames"
+    except DataError:
+        return None
+    return None
+
+
+def check_dali_files(split: ImageSplit) -> None:
+    """ConfigError naming the first file of `split` that DALI would decode otherwise than the other loaders."""
+    for path in split.paths:
+        problem = dali_problem(path)
+        if problem is not None:
+            raise ConfigError(f"--loader dali: {path} holds {problem}, which DALI's decoder reads otherwise than the "
+                              f"torch and cached loaders; use --loader torch or cached (auto chooses them here)")
 
 
 def import_dali():
@@ -105,6 +143,7 @@ class DaliLoader(EpochLoader):
             raise ValueError("DaliLoader reads image files; this split is held in memory")
         super().__init__(split, image_size, batch_size, device, train, seed, num_workers, shard_id, num_shards)
         self._dali = import_dali()
+        check_dali_files(split)
         self.prefetch = prefetch
         matrices = None  # (N, 2, 3) float32 warp matrices of aligned splits
         if split.landmarks is not None:
@@ -129,10 +168,10 @@ class DaliLoader(EpochLoader):
         with pipe:
             dtypes = [types.UINT8, types.INT32] + ([types.FLOAT] if aligned else [])
             inputs = fn.external_source(source=self.feed, num_outputs=len(dtypes), batch=True, dtype=dtypes)
-            # EXIF orientation is ignored, as PIL's decode in the reference ignores it (landmarks refer to the
-            # stored pixel grid).
+            # EXIF orientation as images.decode_rgb: applied, but for photos with landmarks (which refer to the
+            # stored pixel grid)
             images = fn.decoders.image(inputs[0], device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                       adjust_orientation=False)
+                                       adjust_orientation=not aligned)
             if aligned:
                 from .align import ALIGNED_SIZE
 

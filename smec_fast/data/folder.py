@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import find_classes, make_dataset
 
 from smec_fast.errors import DataError
 
 from .image_split import ImageSplit
+from .images import IMAGE_SUFFIXES
 
 TEST_DIR_NAMES = ("test", "val", "valid", "validation")
 
@@ -45,7 +46,7 @@ def load_folder(path: str | Path, split: str) -> ImageSplit:
     if unknown:
         raise DataError(f"{directory / unknown[0]}: class folder not found in {train_dir}")
     try:
-        samples = make_dataset(str(directory), class_to_idx, extensions=IMG_EXTENSIONS,
+        samples = make_dataset(str(directory), class_to_idx, extensions=IMAGE_SUFFIXES,
                                allow_empty=split != "train")
     except FileNotFoundError as err:
         raise DataError(f"{directory}: {err}") from None

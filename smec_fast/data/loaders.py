@@ -14,7 +14,7 @@ import torch
 from smec_fast.errors import ConfigError
 
 from .cache import CachedLoader, cache_bytes
-from .dali import DaliLoader, dali_available
+from .dali import DaliLoader, dali_available, dali_problem
 from .torch_loader import SplitLoader
 from .image_split import ImageSplit
 
@@ -57,7 +57,13 @@ def default_loader(device: torch.device | str, split: ImageSplit, image_size: in
         free = available_host_memory()
     if free is None or cache_bytes(split, image_size) <= CACHE_MEMORY_SHARE * free:
         return "cached"
-    return "dali" if dali_available() else "torch"
+    if not dali_available():
+        return "torch"
+    problem = next((p for p in map(dali_problem, split.paths) if p is not None), None)
+    if problem is not None:
+        log.info("the torch loader, not DALI: a file of the split holds %s, which DALI decodes otherwise", problem)
+        return "torch"
+    return "dali"
 
 
 def available_host_memory() -> int | None:

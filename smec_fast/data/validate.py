@@ -5,7 +5,8 @@ the file, a frame header, a start of scan, and an end-of-image marker after the 
 files that are empty, truncated (the usual damage of an interrupted copy or download) or not JPEGs at all
 (random bytes named .jpg), reading each file once: FER2013's 28,709 training images take about a second.
 Damage inside the compressed data is not visible this way; the loaders report such a file by name when they
-fail to decode it. Images in other formats are decoded fully with PIL.
+fail to decode it. Images in other formats are decoded fully, by the decode path every loader uses
+(images.decode_rgb).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
-
-from smec_fast.errors import DataError, first_line
+from smec_fast.errors import DataError
 
 from .image_split import ImageSplit
+from .images import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,9 @@ def image_problem(path: Path) -> str | None:
     if not data:
         return "empty file"
     try:
-        with Image.open(path) as image:
-            image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        return f"cannot decode image ({first_line(err)})"
+        decode_rgb(path)  # the one decode path every loader uses
+    except DataError as err:
+        return str(err).removeprefix(f"{path}: ")
     return None
 
 
