@@ -37,8 +37,9 @@ setup(
         "heif": ["pillow-heif"],
         # pytest < 9.2: on 9.2, pytest-xdist 3.8's --dist loadgroup silently stops grouping (pytest-xdist issue
         # 1386), and the suite's tests that share one expensive fixture would each set it up on every worker.
-        "test": ["pytest>=8,<9.2", "pytest-xdist", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime",
-                 "tensorboard", "requests", "av", "pillow-heif"],
+        # mypy pinned: the suite runs it (tests/test_types.py), and a new release may judge the same code otherwise
+        "test": ["pytest>=8,<9.2", "pytest-xdist", "pytest-benchmark", "hypothesis", "mypy==2.4.1", "onnx",
+                 "onnxscript", "onnxruntime", "tensorboard", "requests", "av", "pillow-heif"],
     },
     entry_points={"console_scripts": ["smec-fast = smec_fast.cli:main"]},
 )

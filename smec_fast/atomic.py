@@ -28,7 +28,10 @@ def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    _atomic_write(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

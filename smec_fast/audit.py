@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -70,7 +71,7 @@ class LabelAudit:
         rows = []
         for rank, i in enumerate(self.order().tolist(), start=1):
             row = {"rank": rank, "index": i, "name": self.split.names[i],
-                   "file": str(self.split.paths[i]) if self.split.paths is not None else "",
+                   "file": str(self.split.files[i]) if self.split.paths is not None else "",
                    "given": names[self.given[i]], "believed": names[believed[i]],
                    "p_given": float(self.probs[i, self.given[i]]), "p_believed": float(p_believed[i]),
                    "suspicion": float(suspicion[i])}
@@ -96,13 +97,14 @@ class LabelAudit:
         """metrics.json's `label_audit` block: counts, and the noise-detection scores where clean labels are
         known and some labels were flipped."""
         believed = self.probs.argmax(1)
-        out = {"file": AUDIT_FILE, "score": "1 - p(given label)", "images": len(self.given),
+        out: dict[str, Any] = {"file": AUDIT_FILE, "score": "1 - p(given label)", "images": len(self.given),
                "believed_differs": int((believed != self.given).sum())}
         if self.clean is None:
             return {**out, "flipped": None, "auroc": None, "note": "the clean labels are unknown"}
         flipped = self.clean != self.given
-        out["flipped"] = int(flipped.sum())
-        if not 0 < out["flipped"] < len(flipped):
+        count = int(flipped.sum())
+        out["flipped"] = count
+        if not 0 < count < len(flipped):
             return {**out, "auroc": None, "note": "no label was flipped: nothing to find"}
         out.update(noise_detection(self.suspicion, flipped))
         if self.elr_targets is not None:
@@ -153,7 +155,8 @@ def save_contact_sheet(audit: LabelAudit, path: str | Path, count: int = 24, col
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, order):
-        image = display_image(audit.split.paths[i]) if audit.split.paths is not None else audit.split.images[i]
+        images = audit.split.images
+        image = images[i] if images is not None else display_image(audit.split.files[i])
         ax.imshow(image.permute(1, 2, 0).numpy())
         ax.set_title(f"{audit.split.names[i]}\ngiven {names[audit.given[i]]}\n"
                      f"believed {names[believed[i]]} {100 * float(p_believed[i]):.0f} %", fontsize=7)

@@ -22,6 +22,7 @@ from smec_fast.config import (
     DATASETS,
     FIELDS,
     SUBSETS,
+    TrainConfig,
     load_config_file,
     option_values,
     resolve_config,
@@ -67,10 +68,13 @@ def _add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...
             continue
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        default = grid_text(f.default) if name == "grid" else ("none" if f.default is None else f.default)
-        extra = {"nargs": "?", "const": "true"} if "bool" in kind else {}
-        parser.add_argument(*flags, dest=f"cfg_{name}", default=argparse.SUPPRESS, metavar="VALUE",
-                            help=f"(default {default})", **extra)
+        default = grid_text(TrainConfig().grid) if name == "grid" else ("none" if f.default is None else f.default)
+        if "bool" in kind:  # --flag alone means true
+            parser.add_argument(*flags, dest=f"cfg_{name}", default=argparse.SUPPRESS, metavar="VALUE",
+                                help=f"(default {default})", nargs="?", const="true")
+        else:
+            parser.add_argument(*flags, dest=f"cfg_{name}", default=argparse.SUPPRESS, metavar="VALUE",
+                                help=f"(default {default})")
     parser.add_argument("--split", dest="cfg_split", default=argparse.SUPPRESS, metavar="VALUE",
                         help=f"{' or '.join(SPLITS)}: another spelling of --grid "
                              f"({', '.join(f'{k} = {grid_text(v)}' for k, v in SPLITS.items())})")
@@ -172,7 +176,8 @@ def _export_parser(sub) -> argparse.ArgumentParser:
     export = sub.add_parser("export", allow_abbrev=False, help="export a checkpoint's model")
     export.add_argument("checkpoint", help=CHECKPOINT_HELP)
     export.add_argument("--format", required=True, choices=list(FORMATS))
-    export.add_argument("--out", help="file to write (default: the checkpoint's name with .ts or .onnx)")
+    export.add_argument("--out", help="file to write (default: the checkpoint's name with .pt2, .onnx or .ts); "
+                                      "torchscript is deprecated by PyTorch, pt2 replaces it")
     export.set_defaults(func=cmd_export)
     return export
 
@@ -283,7 +288,7 @@ def _score(value: float, option: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from smec_fast.trainer import train
+    from smec_fast.api import train
 
     cfg = config_from_args(args)
     metrics = train(cfg)
@@ -339,10 +344,9 @@ def _require_cams(trained, option: str) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from smec_fast.api import load, results_table, write_cam_overlays
     from smec_fast.atomic import atomic_write_text
     from smec_fast.data.images import list_images
-    from smec_fast.inference import load_trained_model, predict_files, prediction_table, write_cam_overlays
-    from smec_fast.devices import resolve_device
 
     _positive(args.batch_size, "--batch-size")
     if args.detect:
@@ -350,18 +354,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for option in ("jsonl", "annotate", "annotate_cam"):
         if getattr(args, option):
             raise ConfigError(f"--{option.replace('_', '-')} needs --detect")
-    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
-    if args.cam:
-        _require_cams(trained, "--cam: ")
+    model = load(args.checkpoint, args.device)
+    if args.cam and not model.has_cam:
+        _require_cams(model.trained, "--cam: ")
     root = Path(args.images)
     files = list_images(root)
-    predictions, skipped = predict_files(trained, files, args.batch_size, skip_bad=args.skip_bad_images)
-    if not predictions:
+    results = model.predict(files, cam=bool(args.cam), batch_size=args.batch_size, skip_bad=args.skip_bad_images)
+    skipped = [r for r in results if r.problem is not None]
+    for r in skipped:
+        log.warning("skipping %s", r.problem)
+    if len(skipped) == len(results):
         raise SmecFastError(f"{root}: none of its {len(files)} image files could be read")
-    atomic_write_text(args.out, prediction_table(predictions, trained.class_names))
+    atomic_write_text(args.out, results_table(results, model.classes))
     if args.cam:
-        write_cam_overlays(predictions, root, args.cam)
-    print(f"{len(predictions)} images classified -> {args.out}"
+        write_cam_overlays(results, root, args.cam)
+    print(f"{len(results) - len(skipped)} images classified -> {args.out}"
           + (f"; CAM overlays in {args.cam}" if args.cam else "")
           + (f"; {len(skipped)} unreadable images skipped" if skipped else ""))
     return 0
@@ -369,11 +376,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_detected(args: argparse.Namespace) -> int:
     """`predict --detect`: every face of every photo and of every sampled video frame, one row each."""
+    from smec_fast.api import load
     from smec_fast.atomic import atomic_write_text
-    from smec_fast.faces import FaceDetector
-    from smec_fast.inference import load_trained_model
-    from smec_fast.media import face_json_lines, face_table, predict_media
-    from smec_fast.devices import resolve_device
+    from smec_fast.media import face_json_lines, face_table
 
     if args.cam:
         raise ConfigError("--cam is for face crops; with --detect, --annotate DIR --annotate-cam paints each face's "
@@ -384,14 +389,13 @@ def _predict_detected(args: argparse.Namespace) -> int:
     if args.fps is not None and args.fps <= 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
     _positive(args.min_face, "--min-face")
-    device = resolve_device(args.device)
-    detector = FaceDetector(device, min_face_size=args.min_face, min_score=args.min_score)
-    trained = load_trained_model(args.checkpoint, device)
-    if args.annotate_cam:
-        _require_cams(trained, "--annotate-cam: ")
-    report = predict_media(trained, Path(args.images), detector, args.batch_size, args.fps, args.annotate,
-                           args.annotate_cam)
-    names = list(trained.class_names)
+    model = load(args.checkpoint, args.device)
+    if args.annotate_cam and not model.has_cam:
+        _require_cams(model.trained, "--annotate-cam: ")
+    model.detector(args.min_face, args.min_score)  # the detector's install is checked before any file is read
+    report = model.predict_media(args.images, args.fps, args.annotate, args.annotate_cam, args.batch_size,
+                                 args.min_face, args.min_score)
+    names = list(model.classes)
     atomic_write_text(args.out, face_table(report.rows, names))
     if args.jsonl:
         atomic_write_text(args.jsonl, face_json_lines(report.rows))
@@ -443,7 +447,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from smec_fast.sweep import parse_floats, parse_ints, parse_variants, run_sweep
+    from smec_fast.sweeps import parse_floats, parse_ints, parse_variants, run_sweep
 
     variants = parse_variants(args.methods)
     rates = parse_floats(args.noise_rates, "--noise-rates")

@@ -113,7 +113,8 @@ class TrainConfig:
     tensorboard: bool = False  # write the epochs' scalars under OUT/tensorboard (needs the tensorboard package)
 
     def __post_init__(self) -> None:
-        self.grid = tuple(self.grid)
+        rows, cols = self.grid  # a list from JSON or YAML becomes the tuple the field holds
+        self.grid = (rows, cols)
 
     @property
     def effective_noise_seed(self) -> int:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from smec_fast.errors import ConfigError, SmecFastError
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -157,20 +160,20 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
-        if self.momentum is None:
-            raise ValueError("GlobalBatchNorm2d needs a numeric momentum")
+        if self.momentum is None or self.num_batches_tracked is None:
+            raise ValueError("GlobalBatchNorm2d needs a numeric momentum and tracked running statistics")
         self.num_batches_tracked.add_(1)
         return _GlobalBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps,
                                       self.momentum)
 
 
-def convert_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+def convert_batchnorm(model: ModuleT, device: torch.device) -> ModuleT:
     """Batch norm over the global batch: torch's SyncBatchNorm on CUDA, GlobalBatchNorm2d elsewhere.
 
     State dict keys are unchanged, so checkpoints load into single-process models and back.
     """
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return cast(ModuleT, nn.SyncBatchNorm.convert_sync_batchnorm(model))
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
             device_of = next(child.buffers(), None)
@@ -188,7 +191,7 @@ def broadcast_from_main(compute, context: DistributedContext):
     """`compute()` on process 0, its result (or its SmecFastError) given to every process."""
     if not context.enabled:
         return compute()
-    payload = [None, None]
+    payload: list = [None, None]
     if context.is_main:
         try:
             payload = [compute(), None]

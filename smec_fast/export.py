@@ -1,9 +1,12 @@
-"""Exporting a trained model to TorchScript or ONNX.
+"""Exporting a trained model: a torch.export program (`.pt2`), ONNX, or TorchScript; and backbone files.
 
 The exported network takes images normalised with ImageNet's mean and std, (B, 3, S, S) float32 with S the
-training image size, and returns `(logits (B, K), features (B, 512, h, w))`; the CAM of class j is
-`einsum("bchw,c->bhw", features, weight[j])` with the classifier weight, which a sidecar JSON file holds
-together with the class names, input size and normalisation.
+training image size and any batch B, and returns `(logits (B, K), features (B, 512, h, w))`; the CAM of class j
+is `einsum("bchw,c->bhw", features, weight[j])` with the classifier weight, which a sidecar JSON file holds
+together with the class names, input size and normalisation. `smec_fast.load` reads a `.pt2` export back.
+
+TorchScript is deprecated by PyTorch (torch 2.14 warns that `torch.jit.trace` and `torch.jit.load` are): `pt2`
+is what replaces it, and the `torchscript` format stays only while torch still supports it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     from smec_fast.inference import TrainedModel
 
 # torch is imported where it is used, so that the command line reads these choices without loading it
-FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}  # format -> file suffix
+FORMATS = {"pt2": ".pt2", "onnx": ".onnx", "torchscript": ".ts"}  # format -> file suffix
 BACKBONE_HEADS = ("keep", "drop")  # a backbone file with its classifier, or without
 
 
@@ -50,7 +53,13 @@ def export_model(trained: TrainedModel, fmt: str, out: str | Path) -> Path:
     out = Path(out)
     model = trained.model.cpu().eval()
     example = torch.zeros(2, 3, trained.image_size, trained.image_size)
-    if fmt == "torchscript":
+    if fmt == "pt2":
+        def write(tmp: Path) -> None:
+            with torch.no_grad():
+                program = torch.export.export(model, (example,),
+                                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+            torch.export.save(program, str(tmp))
+    elif fmt == "torchscript":
         def write(tmp: Path) -> None:
             with torch.no_grad():
                 traced = torch.jit.trace(model, example, check_trace=False)
@@ -75,10 +84,46 @@ def export_model(trained: TrainedModel, fmt: str, out: str | Path) -> Path:
         "std": list(IMAGENET_STD),
         "outputs": ["logits (B, K)", "features (B, 512, h, w)"],
         "cam_weight": model.cam_weight.detach().tolist() if model.has_cam else None,
+        "method": trained.config.method,
+        "recipe": trained.config.recipe,
         "checkpoint": str(trained.path),
         "epoch": trained.epoch,
     })
     return out
+
+
+def exported_network(module, cam_weight):
+    """An exported program's module (`torch.export.load(...).module()`) as the network TrainedModel holds: it
+    returns (logits, features), and has the CAM weight the export's metadata records (ExportedNetwork)."""
+    import torch
+
+    class ExportedNetwork(torch.nn.Module):
+        """A `.pt2` program's network, with `has_cam` and `cam_weight` like model.FerResNet18's."""
+
+        def __init__(self, program_module, weight):
+            super().__init__()
+            self.program = program_module
+            self.register_buffer("weight", weight if weight is not None else torch.zeros(0), persistent=False)
+            self.has_cam = weight is not None
+
+        def forward(self, x):
+            return self.program(x)
+
+        def train(self, mode: bool = True):
+            # an exported program computes as it was exported (eval mode) and refuses train() and eval()
+            self.training = mode
+            return self
+
+        @property
+        def cam_weight(self):
+            if not self.has_cam:
+                from smec_fast.errors import CheckpointError
+                from smec_fast.model import NO_CAM
+
+                raise CheckpointError(NO_CAM)
+            return self.weight
+
+    return ExportedNetwork(module, cam_weight)
 
 
 BACKBONE_FORMAT = "smec_fast.backbone/1"
@@ -111,7 +156,7 @@ def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") 
     """
     import datetime
 
-    import smec_fast
+    from smec_fast.version import __version__
     from smec_fast.atomic import atomic_torch_save
     from smec_fast.model import HEAD_KEYS
     from smec_fast.checkpoint import read_checkpoint
@@ -138,7 +183,7 @@ def write_backbone(checkpoint: str | Path, out: str | Path, head: str = "keep") 
         "final_val_accuracy": (last.get("val") or {}).get("accuracy"),
         "parameters": sum(v.numel() for v in weights.values() if v.is_floating_point()),
         "weights_sha256": weights_digest(weights),
-        "smec_fast": smec_fast.__version__,
+        "smec_fast": __version__,
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     out = Path(out)

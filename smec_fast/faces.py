@@ -83,7 +83,8 @@ class FaceDetector:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         points = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2) / scale
-        faces = [Face(tuple(float(v) for v in box), torch.from_numpy(pts.copy()), float(score))
+        faces = [Face((float(box[0]), float(box[1]), float(box[2]), float(box[3])), torch.from_numpy(pts.copy()),
+                      float(score))
                  for box, pts, score in zip(boxes, points, scores) if score >= self.min_score]
         return sorted(faces, key=lambda f: -f.score)
 
@@ -139,6 +140,7 @@ def _align_one(job: tuple[str, str, str, str, int]) -> dict:
     except DataError as err:
         record["status"] = f"unreadable: {err}"
     else:
+        assert _worker_detector is not None, "the worker's detector is made by _init_worker"
         faces = _worker_detector.detect(photo)
         record["faces"] = len(faces)
         if not faces:
@@ -180,7 +182,8 @@ def align_tree(src: str | Path, dst: str | Path, size: int = 100, workers: int =
     if size < 8:
         raise ConfigError(f"--size must be at least 8, got {size}")
     files = list_images(src)
-    jobs, outputs = [], {}
+    jobs: list[tuple[str, str, str, str, int]] = []
+    outputs: dict[Path, Path] = {}
     for path in files:
         relative = path.relative_to(src)
         output = dst / relative.with_suffix(".png")

@@ -3,8 +3,6 @@ photos and videos are classified by smec_fast.media."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,76 +73,20 @@ def check_classes(trained: TrainedModel, class_names: tuple[str, ...], source: s
                         f"{', '.join(trained.class_names)}")
 
 
-@dataclass
-class Prediction:
-    path: Path
-    probabilities: torch.Tensor  # (K,) float32
-    cam: torch.Tensor | None  # (h, w) CAM of the predicted class; None for a model without CAMs
-
-    @property
-    def label(self) -> int:
-        return int(self.probabilities.argmax())
-
-
 @torch.no_grad()
-def predict_files(trained: TrainedModel, files: list[Path], batch_size: int = 32, skip_bad: bool = False
-                  ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
-    """Classify image files; returns the predictions and the files skipped as unreadable (with why).
-
-    Any image mode (greyscale, palette, RGBA) and size is accepted: it is made RGB and resized to the
-    model's input size. Without `skip_bad`, the first unreadable file raises DataError.
-    """
+def classify_images(trained: TrainedModel, images: list[torch.Tensor], cams: bool = False
+                    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Class probabilities (N, K) float32 on the CPU of (3, S, S) uint8 images at the model's input size, and with
+    `cams` the (h, w) CAM of each one's predicted class (None for a model without CAMs, or without `cams`)."""
     device = next(trained.model.parameters()).device
-    predictions: list[Prediction] = []
-    skipped: list[tuple[Path, str]] = []
-    for start in range(0, len(files), batch_size):
-        batch_files, images = [], []
-        for file in files[start:start + batch_size]:
-            try:
-                images.append(decode_image_file(file, trained.image_size))
-                batch_files.append(file)
-            except DataError as err:
-                if not skip_bad:
-                    raise
-                skipped.append((file, str(err)))
-                log.warning("skipping %s", err)
-        if not images:
-            continue
-        x = normalize(torch.stack(images).to(device))  # (B, 3, S, S)
-        logits, feat = trained.model(x)
-        probs = torch.softmax(logits.float(), dim=1).cpu()
-        if trained.model.has_cam:
-            maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
-            chosen = maps[torch.arange(len(images)), logits.argmax(1)].cpu()  # (B, h, w)
-        else:
-            chosen = [None] * len(images)
-        predictions += [Prediction(f, p, m) for f, p, m in zip(batch_files, probs, chosen)]
-    return predictions, skipped
-
-
-def prediction_table(predictions: list[Prediction], class_names: tuple[str, ...]) -> str:
-    """`predict`'s CSV: a row per image, its file, predicted class and the probability of every class."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["file", "predicted", *class_names])
-    for p in predictions:
-        writer.writerow([str(p.path), class_names[p.label], *(f"{v:.6f}" for v in p.probabilities.tolist())])
-    return buffer.getvalue()
-
-
-def write_cam_overlays(predictions: list[Prediction], root: Path, out: str | Path) -> None:
-    """One PNG per prediction under `out`: its image with the CAM of its predicted class painted over it, at the
-    image's place relative to `root` (a folder, or the one file given)."""
-    from PIL import Image
-
-    from smec_fast.atomic import atomic_write_bytes
-
-    for p in predictions:
-        overlay = cam_overlay(display_image(p.path), p.cam).permute(1, 2, 0).numpy()
-        relative = p.path.relative_to(root) if root.is_dir() else Path(p.path.name)
-        png = io.BytesIO()
-        Image.fromarray(overlay).save(png, format="PNG")
-        atomic_write_bytes(Path(out) / relative.with_name(relative.name + ".png"), png.getvalue())
+    x = normalize(torch.stack(images).to(device))  # (B, 3, S, S)
+    logits, feat = trained.model(x)
+    probs = torch.softmax(logits.float(), dim=1).cpu()
+    if not (cams and trained.model.has_cam):
+        return probs, [None] * len(images)
+    maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
+    chosen = maps[torch.arange(len(images)), logits.argmax(1)].cpu()  # (B, h, w)
+    return probs, list(chosen)
 
 
 def _heat(cam_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -166,7 +108,7 @@ def _blend_jet(image: torch.Tensor, heat: torch.Tensor, alpha: float) -> torch.T
 
 def cam_overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """A heat map of `cam_map` (h, w) blended over `image` (3, H, W) uint8; returns (3, H, W) uint8."""
-    return _blend_jet(image, _heat(cam_map, tuple(image.shape[-2:])), alpha)
+    return _blend_jet(image, _heat(cam_map, (image.shape[-2], image.shape[-1])), alpha)
 
 
 def face_cam_overlay(image: torch.Tensor, landmarks: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5
@@ -268,8 +210,7 @@ def cam_figure(checkpoints: list[str | Path], out: str | Path, images: str | Pat
     from smec_fast.plots import save_cam_grid
     from smec_fast.devices import resolve_device
 
-    device = resolve_device(device)
-    models = [load_trained_model(path, device) for path in checkpoints]
+    models = [load_trained_model(path, resolve_device(device)) for path in checkpoints]
     for trained in models:
         if not trained.model.has_cam:
             from smec_fast.model import NO_CAM
@@ -284,9 +225,9 @@ def cam_figure(checkpoints: list[str | Path], out: str | Path, images: str | Pat
     if len(titles) != len(models):
         raise ConfigError(f"--labels gives {len(titles)} titles for {len(models)} checkpoints")
     if images:
-        sources = list_images(images)[:num]
+        sources: list[Path | torch.Tensor] = list(list_images(images)[:num])
         labels: list = [None] * len(sources)
-        row_titles = [p.name for p in sources]
+        row_titles = [Path(p).name for p in sources if isinstance(p, Path)]
     else:
         split = load_split(models[0].config, "test")
         order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -297,7 +238,7 @@ def cam_figure(checkpoints: list[str | Path], out: str | Path, images: str | Pat
                 if pick is not None and len(chosen) < num:
                     chosen.append(pick)
         labels = [int(split.labels[i]) for i in chosen]
-        sources = [split.images[i] if split.images is not None else split.paths[i] for i in chosen]
+        sources = [split.images[i] for i in chosen] if split.images is not None else [split.files[i] for i in chosen]
         row_titles = [names[k] for k in labels]
     save_cam_grid(cam_panels(models, sources, labels), ["input", *titles], row_titles, out)
     return len(sources)

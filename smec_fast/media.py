@@ -65,8 +65,9 @@ def classify_faces(trained: TrainedModel, photos, detector, batch_size: int = 32
     for photo, image in photos:
         if image is not None:
             photo.faces = detector.detect(image)
-            pixels = pil_to_tensor(image) if photo.faces else None
-            pending += [(photo, align_face(pixels, face, trained.image_size)) for face in photo.faces]
+            if photo.faces:
+                pixels = pil_to_tensor(image)
+                pending += [(photo, align_face(pixels, face, trained.image_size)) for face in photo.faces]
         waiting.append((photo, image))
         if len(pending) >= batch_size or len(waiting) >= batch_size:
             classify()
@@ -173,9 +174,11 @@ class VideoWriter:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         from fractions import Fraction
 
-        self.stream = self.container.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
-        self.stream.pix_fmt = "yuv420p"
-        self.size = None
+        stream = self.container.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
+        assert isinstance(stream, av.video.stream.VideoStream)
+        stream.pix_fmt = "yuv420p"
+        self.stream = stream
+        self.size: tuple[int, int] | None = None
 
     def write(self, image) -> None:
         import av
@@ -321,6 +324,7 @@ def predict_media(trained: TrainedModel, root: Path, detector, batch_size: int =
     report = MediaReport(videos=len(videos))
 
     def annotated_path(path: Path, suffix: str) -> Path:
+        assert annotate is not None
         relative = path.relative_to(root) if root.is_dir() else Path(path.name)
         return Path(annotate) / relative.with_name(relative.name + suffix)
 

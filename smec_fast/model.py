@@ -195,6 +195,7 @@ def load_pretrained(model: nn.Module, path: str | Path, head: str = "auto",
     theirs = file_class_names(obj)
     differ = theirs is not None and class_names is not None and tuple(class_names) != theirs
     if head == "keep" and differ:
+        assert theirs is not None and class_names is not None
         raise CheckpointError(f"{path}: its classifier is for {', '.join(theirs)}, not this dataset's "
                               f"{', '.join(class_names)}; use --pretrained-head drop")
     drop_head = head == "drop" or (head == "auto" and differ)

@@ -66,12 +66,13 @@ class EpochMeter:
 
     def step_finished(self, batch_size: int) -> None:
         self.images += batch_size
-        if self.cuda:
+        start = self._step_start
+        if isinstance(start, torch.cuda.Event):
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-            self._events.append((self._step_start, end))
-        else:
-            self.step_s += time.perf_counter() - self._step_start
+            self._events.append((start, end))
+        elif start is not None:
+            self.step_s += time.perf_counter() - start
 
     def poll(self, wait: bool = False) -> None:
         """Fold in the CUDA event times of the steps the device has finished (with `wait`, of all of them,

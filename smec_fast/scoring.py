@@ -55,8 +55,8 @@ def open_subset(checkpoint: str | Path, subset: str = "test", dataset: str | Non
         raise ConfigError(f"--subset must be one of {', '.join(SUBSETS)}; got {subset!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    device = resolve_device(device)
-    trained = load_trained_model(checkpoint, device)
+    on = resolve_device(device)
+    trained = load_trained_model(checkpoint, on)
     cfg = trained.config
     if dataset and dataset != cfg.dataset:
         if dataset != "synthetic" and not data:
@@ -66,12 +66,12 @@ def open_subset(checkpoint: str | Path, subset: str = "test", dataset: str | Non
         cfg = replace(cfg, data=data)
     split = load_split(cfg, subset)
     scored_amp = trained.config.amp if amp == "auto" and trained.config.amp in ("auto", "off") else amp
-    precision = resolve_precision(scored_amp, trained.config.channels_last, device,
+    precision = resolve_precision(scored_amp, trained.config.channels_last, on,
                                   narrowest_input_width(trained.config))
     if precision.channels_last:
         trained.model.to(memory_format=torch.channels_last)
     scored = ScoredSubset(trained, cfg, subset, split,
-                          SplitLoader(split, trained.image_size, batch_size, device, train=False,
+                          SplitLoader(split, trained.image_size, batch_size, on, train=False,
                                       num_workers=num_workers), precision.amp)
     check_classes(trained, split.class_names, scored.source)
     return scored

@@ -28,16 +28,16 @@ import math
 import platform
 import time
 from dataclasses import dataclass
+from typing import cast
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-import smec_fast
 from smec_fast.audit import AUDIT_FILE, LabelAudit, class_probabilities
 from smec_fast.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, SELECTED_FILE, read_checkpoint
 from smec_fast.config import TrainConfig, config_from_dict, describe_recipe
-from smec_fast.data import FerData, SplitLoader, build_data, default_loader, make_loader, write_label_file
+from smec_fast.data import FerData, ImageSplit, SplitLoader, build_data, default_loader, make_loader, write_label_file
 from smec_fast.devices import resolve_device, switch_on
 from smec_fast.distributed import (
     DistributedContext,
@@ -65,6 +65,7 @@ from smec_fast.monitor import (
 )
 from smec_fast.precision import Precision, autocast_context, describe_cpu, resolve_precision
 from smec_fast.provenance import source_revision
+from smec_fast.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def results(cfg: TrainConfig, data: FerData, history: list[dict], lambda_con: fl
         "throughput": throughput_summary(history),
         # The host CPU's kind (family and model numbers, torch capability, native bf16): it sets a CPU run's
         # speed and precision, and feeds a GPU run's loaders.
-        "environment": {"smec_fast": smec_fast.__version__, "torch": torch.__version__,
+        "environment": {"smec_fast": __version__, "torch": torch.__version__,
                         "python": platform.python_version(), "device": str(device), "cpu": describe_cpu(),
                         "git": source_revision()},
         "train_time_s": seconds,
@@ -233,7 +234,7 @@ def audit_labels(model: torch.nn.Module, method, loader: SplitLoader, data: FerD
         probs = class_probabilities(model, loader, len(data.train), data.train.num_classes, precision.amp)
     beliefs = method.sample_beliefs()  # ELR and SMEC keep running targets: their own belief
     return LabelAudit(data.train, data.train.labels.cpu(), probs,
-                      clean=data.train.clean_labels.cpu() if data.noise.source != "none" else None,
+                      clean=data.train.clean.cpu() if data.noise.source != "none" else None,
                       elr_targets=beliefs.float().cpu() if beliefs is not None else None)
 
 
@@ -323,10 +324,10 @@ def build_run(cfg: TrainConfig, device: torch.device, context: DistributedContex
     data = build_data(cfg)
     k = data.train.num_classes
     torch.manual_seed(cfg.seed)
-    model = build_model(method_kind.head(cfg.recipe), k, cfg.image_size)
+    model: torch.nn.Module = build_model(method_kind.head(cfg.recipe), k, cfg.image_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, cfg.pretrained_head, data.class_names)
-    method = build_method(cfg, data.train.labels, k, data.noise.rate, clean_labels=data.train.clean_labels)
+    method = build_method(cfg, data.train.labels, k, data.noise.rate, clean_labels=data.train.clean)
     if state is not None:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
@@ -337,14 +338,15 @@ def build_run(cfg: TrainConfig, device: torch.device, context: DistributedContex
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     method.to(device)
-    objective = TrainingObjective(model, method)
+    objective: torch.nn.Module = TrainingObjective(model, method)
     if context.enabled:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False)  # batch norm statistics are global already; sample state is synced
     if switch_on(cfg.compile, device):
         # Model and loss compile as one graph (fused ops included); evaluation runs the model eagerly.
-        objective = torch.compile(objective, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+        objective = cast(torch.nn.Module, torch.compile(objective, mode=None if cfg.compile_mode == "default"
+                                                        else cfg.compile_mode))
     # Methods with heads of their own (SCN's attention, RUL's uncertainty) train them with the model; a recipe may
     # give a part its own learning rate (RUL's classifier).
     # The fused Adam runs on CUDA and CPU alike: on the 2-core CPU it takes 9 ms per ResNet-18 step against the
@@ -364,17 +366,17 @@ def build_run(cfg: TrainConfig, device: torch.device, context: DistributedContex
             log.info("resuming %s after epoch %d of %d", cfg.out, start_epoch, cfg.epochs)
 
     kind = cfg.loader if cfg.loader != "auto" else default_loader(device, data.train, cfg.image_size)
-    loader_args = dict(image_size=cfg.image_size, batch_size=shard_batch_size(cfg.batch_size, context),
-                       device=device, num_workers=cfg.num_workers, shard_id=context.rank,
-                       num_shards=context.world_size)
+
+    def loader(split: ImageSplit, train: bool = False) -> SplitLoader:
+        return make_loader(kind, split, cfg.image_size, shard_batch_size(cfg.batch_size, context), device, train,
+                           seed=cfg.seed, num_workers=cfg.num_workers, shard_id=context.rank,
+                           num_shards=context.world_size, hflip=method.loader_hflip)
+
     return Run(cfg=cfg, device=device, context=context, precision=precision, data=data, model=model,
                method=method, objective=objective, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-               loader_kind=kind,
-               train_loader=make_loader(kind, data.train, train=True, seed=cfg.seed, hflip=method.loader_hflip,
-                                        **loader_args),
-               test_loader=make_loader(kind, data.test, train=False, **loader_args),
-               val_loader=make_loader(kind, data.val, train=False, **loader_args) if data.val is not None else None,
-               history=history, start_epoch=start_epoch)
+               loader_kind=kind, train_loader=loader(data.train, train=True), test_loader=loader(data.test),
+               val_loader=loader(data.val) if data.val is not None else None, history=history,
+               start_epoch=start_epoch)
 
 
 class RunRecorder:

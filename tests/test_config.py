@@ -85,7 +85,7 @@ def test_grid_is_the_one_field_and_saved_configs_of_every_grid_load_back():
     for grid in ((1, 2), (2, 1), (2, 2), (1, 1)):
         saved = TrainConfig(grid=grid).to_dict()  # config.json and checkpoints hold the grid and its name
         assert config_from_dict(saved).grid == grid
-    from smec_fast.sweep import parse_variants
+    from smec_fast.sweeps import parse_variants
 
     (variant,) = parse_variants("smec:split=top-bottom:label=tb")
     assert variant.overrides == {"grid": (2, 1)}

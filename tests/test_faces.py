@@ -360,3 +360,34 @@ def test_an_animated_gif_given_to_detect_is_read_frame_by_frame(checkpoint, crop
     found = [r for r in rows if r["status"] == "ok"]
     centres = [(float(r["x0"]) + float(r["x1"])) / 2 for r in found]
     assert len(found) >= 2 and centres == sorted(centres)  # the face moves right, 20 px a frame
+
+
+def test_the_api_finds_the_faces_that_detect_finds(checkpoint, crops, tmp_path):
+    """smec_fast.load(...).predict(x, detect=True) on a composed photo, as a file and in memory, against the rows of
+    `predict --detect` on the same file."""
+    import numpy as np
+
+    import smec_fast
+    from smec_fast.cli import main
+
+    photo, _ = compose(crops[3:5], [(130, 180, 150, 0), (350, 170, 160, 8)], seed=11)
+    path = tmp_path / "two.png"
+    photo.save(path)
+    assert main(["predict", str(checkpoint), str(path), "--detect", "--out", str(tmp_path / "f.csv"), "--jsonl",
+                 str(tmp_path / "f.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    model = smec_fast.load(checkpoint, device="cpu")
+    from_file, from_array = model.predict([path, np.asarray(photo)], detect=True, cam=True)
+    for result in (from_file, from_array):
+        assert result.problem is None and len(result.faces) == 2
+        for face, row in zip(result.faces, rows):
+            assert list(face.box) == pytest.approx(row["box"], abs=0.01)
+            assert {k: list(v) for k, v in face.landmarks.items()} == pytest.approx(row["landmarks"], abs=0.01)
+            assert face.label == row["predicted"] and face.score == pytest.approx(row["score"], abs=1e-6)
+            assert face.probabilities == pytest.approx(row["probabilities"], abs=1e-6)
+            assert face.cam is not None and face.cam.ndim == 2
+    assert from_file.source == str(path) and from_array.source == "<input 0>"
+    (missing,) = model.predict(tmp_path / "nope.jpg", detect=True)
+    assert missing.faces == [] and "nope.jpg: cannot read image" in missing.problem
+    json.dumps([r.to_dict() for r in (from_file, from_array, missing)])

@@ -202,7 +202,7 @@ def test_a_new_method_is_one_registered_class(tmp_path):
     """A method declared and registered in one class trains through config, recipe, sweep parsing and trainer,
     with no other file touched."""
     from smec_fast.methods import TrainingMethod, base, method_names, register
-    from smec_fast.sweep import parse_variants
+    from smec_fast.sweeps import parse_variants
     from smec_fast.trainer import train
 
     @register
@@ -245,7 +245,7 @@ def test_options_given_for_another_method_are_warned_of(caplog):
     assert "--grid is read by smec only" in caplog.text and "--lr" not in caplog.text
 
 
-@pytest.mark.parametrize("module", ["trainer", "inference", "cli", "sweep"])
+@pytest.mark.parametrize("module", ["trainer", "inference", "cli", "sweeps", "api", "media", "scoring"])
 def test_only_the_methods_modules_name_a_method(module):
     """The trainer, inference, CLI and sweeps read what a method declares; none of them names one."""
     import ast

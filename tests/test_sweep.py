@@ -6,7 +6,7 @@ from PIL import Image
 from smec_fast.cli import main
 from smec_fast.errors import ConfigError
 from smec_fast.provenance import source_revision
-from smec_fast.sweep import markdown_table, mean_std, parse_variants
+from smec_fast.sweeps import markdown_table, mean_std, parse_variants
 
 TINY = ["--image-size", "32", "--synthetic-train-size", "96", "--synthetic-test-size", "32", "--batch-size", "32",
         "--epochs", "1", "--progress", "false", "--num-workers", "0"]

@@ -51,6 +51,9 @@ def load_split(cfg: TrainConfig, split: str) -> ImageSplit:
     if cfg.dataset == "synthetic":
         total = cfg.synthetic_train_size if split == "train" else cfg.synthetic_test_size
         return synthetic_split(split, total, cfg.image_size, SYNTHETIC_SEED)
+    if cfg.dataset != "synthetic" and not cfg.data:
+        raise ConfigError(f"--data is required with --dataset {cfg.dataset}")
+    assert cfg.data is not None
     if cfg.dataset == "rafdb":
         return load_rafdb(cfg.data, split, images=cfg.rafdb_images, landmarks=cfg.rafdb_landmarks,
                           skip_bad=cfg.skip_bad_images)
@@ -83,12 +86,12 @@ def build_data(cfg: TrainConfig) -> FerData:
 
     k = train.num_classes
     if cfg.noise_file:
-        labels, noise = labels_from_file(train.names, train.clean_labels, cfg.noise_file, k)
+        labels, noise = labels_from_file(train.names, train.clean, cfg.noise_file, k)
     elif cfg.noise_rate > 0:
-        labels = symmetric_noise(train.clean_labels, cfg.noise_rate, k, cfg.effective_noise_seed)
-        noise = NoiseReport(source="symmetric", changed=int((labels != train.clean_labels).sum()), total=len(train))
+        labels = symmetric_noise(train.clean, cfg.noise_rate, k, cfg.effective_noise_seed)
+        noise = NoiseReport(source="symmetric", changed=int((labels != train.clean).sum()), total=len(train))
     else:
-        labels = train.clean_labels
+        labels = train.clean
         noise = NoiseReport(source="none", changed=0, total=len(train))
     train = train.with_labels(labels)
 

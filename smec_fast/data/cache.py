@@ -56,7 +56,7 @@ class HostBatchBuffers:
         if self._can_reuse:
             for storage in self._storages:
                 if storage.nbytes() >= nbytes and self._unused(storage):
-                    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+                    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)  # type: ignore[call-overload]
         tensor = torch.empty(shape, dtype=dtype)
         if self._can_reuse:
             free = [i for i, s in enumerate(self._storages) if self._unused(s)]  # free but too small
@@ -82,7 +82,7 @@ class NativeImageDataset:
         return len(self.split)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        path = self.split.paths[i]
+        path = self.split.files[i]
         if self.matrices is not None:
             from .align import decode_aligned_image_file
 
@@ -102,7 +102,7 @@ def cache_bytes(split: ImageSplit, image_size: int) -> int:
 
         return len(split) * 3 * ALIGNED_SIZE * ALIGNED_SIZE
     try:
-        with Image.open(split.paths[0]) as image:
+        with Image.open(split.files[0]) as image:
             w, h = image.size
     except (OSError, ValueError, Image.DecompressionBombError):
         w = h = image_size

@@ -28,6 +28,7 @@ DALI is imported when a DaliLoader is made, so the rest of the package works wit
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,8 +71,9 @@ def dali_problem(path) -> str | None:
                 return f"mode {image.mode}"
             if "transparency" in image.info:
                 return "transparent pixels"
-            if getattr(image, "n_frames", 1) > 1:
-                return f"{image.n_frames} frames"
+            frames = int(getattr(image, "n_frames", 1))
+            if frames > 1:
+                return f"{frames} frames"
     except DataError:
         return None
     return None
@@ -79,7 +81,7 @@ def dali_problem(path) -> str | None:
 
 def check_dali_files(split: ImageSplit) -> None:
     """ConfigError naming the first file of `split` that DALI would decode otherwise than the other loaders."""
-    for path in split.paths:
+    for path in split.files:
         problem = dali_problem(path)
         if problem is not None:
             raise ConfigError(f"--loader dali: {path} holds {problem}, which DALI's decoder reads otherwise than the "
@@ -151,9 +153,9 @@ class DaliLoader(EpochLoader):
 
             matrices = warp_matrices(split.landmarks).numpy()
         self.aligned = matrices is not None
-        self.feed = BatchFeed(split.paths, matrices)
+        self.feed = BatchFeed(split.files, matrices)
         self.buffers = HostBatchBuffers() if self.device.type == "cpu" else None
-        self._pipe = None
+        self._pipe: Any = None  # the DALI pipeline, built on the first iteration
         self._pipe_ready = False  # built and not in the middle of an epoch
 
     def _build(self):
@@ -208,13 +210,14 @@ class DaliLoader(EpochLoader):
 
     def _run(self, batches, k: int) -> torch.Tensor:
         """(B, 3, S, S) float32 images of batch k on the device."""
+        assert self._pipe is not None, "built by __iter__"
         try:
             (out,) = self._pipe.run()
         except StopIteration:
             raise DataError(self.feed.error or "DALI pipeline ended before the epoch did") from None
         except RuntimeError as err:
             self._pipe = None
-            files = [self.split.paths[i] for index, _ in batches[k:k + self.prefetch + 1] for i in index.tolist()]
+            files = [self.split.files[i] for index, _ in batches[k:k + self.prefetch + 1] for i in index.tolist()]
             raise DataError(decode_failure_message(files, err)) from None
         tensor = out.as_tensor()
         shape = tuple(tensor.shape())  # (B, 3, S, S)

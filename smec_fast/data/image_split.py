@@ -35,7 +35,8 @@ class ImageSplit:
         if (self.paths is None) == (self.images is None):
             raise ValueError("ImageSplit needs exactly one of paths or images")
         n = len(self.names)
-        if self.labels.shape != (n,) or len(self.paths if self.paths is not None else self.images) != n:
+        stored = self.paths if self.paths is not None else self.images
+        if self.labels.shape != (n,) or stored is None or len(stored) != n:
             raise ValueError("ImageSplit: names, labels and images differ in length")
         if self.listed_at is not None and len(self.listed_at) != n:
             raise ValueError("ImageSplit: listed_at and names differ in length")
@@ -48,6 +49,18 @@ class ImageSplit:
         return len(self.names)
 
     @property
+    def files(self) -> list[Path]:
+        """The image files of a split read from files (ValueError for one held in memory)."""
+        if self.paths is None:
+            raise ValueError("this split is held in memory, not in image files")
+        return self.paths
+
+    @property
+    def clean(self) -> torch.Tensor:
+        """(N,) int64 the labels before any noise (`clean_labels`, which __post_init__ fills in)."""
+        return self.labels if self.clean_labels is None else self.clean_labels
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -58,7 +71,7 @@ class ImageSplit:
             self,
             names=[self.names[i] for i in idx],
             labels=self.labels[index],
-            clean_labels=self.clean_labels[index],
+            clean_labels=self.clean[index],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             images=None if self.images is None else self.images[index],
             listed_at=None if self.listed_at is None else [self.listed_at[i] for i in idx],

@@ -176,7 +176,8 @@ def _read_tiff(path: Path, orientation: str) -> Image.Image:
             raise DataError(f"{path}: too large to decode safely ({page.shape[1]} x {page.shape[0]} pixels, more "
                             f"than PIL's limit of {Image.MAX_IMAGE_PIXELS})")
         values = page.asarray()
-        tag = page.tags.get("Orientation")
+        tags = getattr(page, "tags", None)
+        tag = tags.get("Orientation") if tags is not None else None
         exif_orientation = int(tag.value) if tag is not None else 1
     if values.ndim == 3 and values.shape[0] in (3, 4) and values.shape[2] not in (3, 4):  # planar samples
         values = np.moveaxis(values, 0, -1)

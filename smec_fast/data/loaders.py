@@ -51,6 +51,7 @@ def default_loader(device: torch.device | str, split: ImageSplit, image_size: in
     device = torch.device(device)
     if split.images is not None:
         return "torch"
+    free: int | None
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
@@ -59,7 +60,7 @@ def default_loader(device: torch.device | str, split: ImageSplit, image_size: in
         return "cached"
     if not dali_available():
         return "torch"
-    problem = next((p for p in map(dali_problem, split.paths) if p is not None), None)
+    problem = next((p for p in map(dali_problem, split.files) if p is not None), None)
     if problem is not None:
         log.info("the torch loader, not DALI: a file of the split holds %s, which DALI decodes otherwise", problem)
         return "torch"

@@ -40,9 +40,9 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, i: int):
         if self.matrices is not None:
-            image = decode_aligned_image_file(self.split.paths[i], self.matrices[i], self.image_size)
+            image = decode_aligned_image_file(self.split.files[i], self.matrices[i], self.image_size)
         else:
-            image = decode_image_file(self.split.paths[i], self.image_size)
+            image = decode_image_file(self.split.files[i], self.image_size)
         return image, self.split.labels[i], i
 
     def __getitems__(self, indices: list[int]):
@@ -177,15 +177,15 @@ class SplitLoader(EpochLoader):
     def __init__(self, split: ImageSplit, image_size: int, batch_size: int, device: torch.device,
                  train: bool, seed: int = 0, num_workers: int = 0, shard_id: int = 0, num_shards: int = 1):
         super().__init__(split, image_size, batch_size, device, train, seed, num_workers, shard_id, num_shards)
+        self.images: torch.Tensor | None = None  # (N, 3, S, S) uint8 on the device, for a split held in memory
+        self.dataset: ImageFileDataset | None = None  # for a split of image files
         if split.images is not None:
             images = split.images
             if images.shape[-2:] != (image_size, image_size):
                 images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
                                        antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
             self.images = images.to(self.device)
-            self.dataset = None
         else:
-            self.images = None
             self.dataset = ImageFileDataset(split, image_size)
 
     def __iter__(self):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from smec_fast import seeding
+import smec_fast.seeding as seeding
 from smec_fast.augment import flip_or_noise_choice, gaussian_pixel_noise, mirror, random_erasing
 from smec_fast.distributed import shard_of_batch, sync_rows_
 

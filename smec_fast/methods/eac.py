@@ -55,7 +55,7 @@ class EacMethod(TrainingMethod):
         self.consistency = SplitMergeConsistency((1, 1), detach_weight=True)
         self.lambda_flip = lambda_flip
         self.erase_p = erase_p
-        self.erase_scale = tuple(erase_scale)
+        self.erase_scale = (float(erase_scale[0]), float(erase_scale[1]))
         self.official = official
         self.noisy_labels = noisy_labels
         self.loader_hflip = not official
@@ -73,15 +73,16 @@ class EacMethod(TrainingMethod):
     def views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(main view, flipped view) of a batch, as the recipe builds them."""
         shard = shard_of_batch()
-        erase = dict(p=self.erase_p, scale=self.erase_scale, shard=shard)
+        def erase(batch: torch.Tensor) -> torch.Tensor:
+            return random_erasing(batch, self.generator, p=self.erase_p, scale=self.erase_scale, shard=shard)
+
         if not self.official:
-            erased = random_erasing(images, self.generator, **erase)
+            erased = erase(images)
             return erased, split_and_flip(erased, (1, 1))
-        main = self.noise(images, noise_choice(images.shape[0], self.generator, shard=shard))
-        main = random_erasing(main, self.generator, **erase)
+        main = erase(self.noise(images, noise_choice(images.shape[0], self.generator, shard=shard)))
         if not self.noisy_labels:
             return main, main.flip(-1)
-        return main, random_erasing(images.flip(-1), self.generator, **erase)
+        return main, erase(images.flip(-1))
 
     def forward(self, model, images, labels, index):
         main, flipped = self.views(images)

@@ -74,7 +74,7 @@ class RulMethod(TrainingMethod):
     def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
         if not self.official:
             return super().param_groups(model, lr)
-        head = list(model.fc.parameters())
+        head = list(model.get_submodule("fc").parameters())
         rest = [p for p in model.parameters() if all(p is not q for q in head)] + list(self.parameters())
         return [{"params": rest, "lr": lr}, {"params": head, "lr": lr * self.CLASSIFIER_LR_SCALE}]
 

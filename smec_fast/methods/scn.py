@@ -55,6 +55,10 @@ class ScnMethod(TrainingMethod):
     official_recipe = {"epochs": 70, "lr": 1e-3, "lr_decay": 0.9, "batch_size": 64, "scn_margin_rank": 0.07,
                        "scn_relabel_epoch": 9}
     sample_state = ("labels",)
+    labels: torch.Tensor  # (N,) buffers, registered in __init__
+    given_labels: torch.Tensor
+    epoch_labels: torch.Tensor
+    clean_labels: torch.Tensor | None
 
     def __init__(self, labels: torch.Tensor, beta: float = 0.7, margin_rank: float = 0.15,
                  margin_relabel: float = 0.2, relabel_epoch: int = 10, official: bool = False,
@@ -100,12 +104,12 @@ class ScnMethod(TrainingMethod):
         super().end_step(index)
 
     def epoch_stats(self) -> dict[str, float]:
-        changed = self.labels != self.epoch_labels  # (N,) each sample is visited once an epoch
+        changed = torch.ne(self.labels, self.epoch_labels)  # (N,) each sample is visited once an epoch
         stats = {"relabel_changed": changed.sum()}
         if self.clean_labels is not None:
-            stats["relabel_restored"] = (changed & (self.labels == self.clean_labels)).sum()
-            stats["relabel_overwrote"] = (changed & (self.epoch_labels == self.clean_labels)).sum()
-            stats["labels_wrong"] = (self.labels != self.clean_labels).float().mean()
+            stats["relabel_restored"] = (changed & torch.eq(self.labels, self.clean_labels)).sum()
+            stats["relabel_overwrote"] = (changed & torch.eq(self.epoch_labels, self.clean_labels)).sum()
+            stats["labels_wrong"] = torch.ne(self.labels, self.clean_labels).float().mean()
         return {name: value.item() for name, value in stats.items()}
 
     def high_group_size(self, batch: int) -> int:

@@ -27,6 +27,7 @@ class SmecMethod(TrainingMethod):
     options = ("grid", "lambda_con", "con_warmup_epochs", "cam_weight_grad", "detach_original", "piece_bn_stats",
                "cls_loss", "beta", "lambda_elr")
     uses_cam = True
+    con_ramp: torch.Tensor  # () buffer: multiplies lambda_con during the warm-up
 
     def __init__(self, num_samples: int, num_classes: int, beta: float, lam: float, grid: tuple[int, int],
                  lambda_con: float, detach_weight: bool = True, detach_original: bool = False,
@@ -67,7 +68,8 @@ class SmecMethod(TrainingMethod):
         return cfg.image_size // cfg.grid[1]
 
     def describe(self) -> list[str]:
-        return [f"split: {describe_split(self.consistency.grid)}"]
+        rows, cols = self.consistency.grid
+        return [f"split: {describe_split((rows, cols))}"]
 
     def sample_beliefs(self):
         return self.elr.targets if self.elr is not None else None

@@ -145,11 +145,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _fmt(values: list[float | None], digits: int = 2) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+    present = [v for v in values if v is not None]
+    if not present:
         return "-"
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+    mean, std = mean_std(present)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(present) > 1 else f"{mean:.{digits}f}"
 
 
 def groups(result: dict) -> dict[tuple[str, float], list[dict]]:
