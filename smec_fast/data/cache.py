@@ -9,8 +9,8 @@ is cached at the training size instead (resized once with PIL, as the reference 
 Per batch, the flip and the normalisation run at the stored size, before the resize: a horizontal flip
 commutes with a mirror-symmetric resampling, and a per-channel affine map commutes with a resampling
 whose weights sum to one, so this equals resizing first up to float rounding, and the full-size tensor is
-written once. Decoding uses PIL, as the reference loader (loader.SplitLoader) does, so the cached pixels
-equal the reference's before the resize; the resize is torch's bilinear with PIL's antialiasing filter
+written once. Decoding is the decode path the reference loader (torch_loader.SplitLoader) uses, so the cached
+pixels equal the reference's before the resize; the resize is torch's bilinear with PIL's antialiasing filter
 when shrinking, and is not rounded to uint8 as the reference's is (PIL rounds after each of its two 1-D
 passes, so the two differ by at most 1 grey level).
 """
@@ -138,7 +138,7 @@ def decode_split(split: ImageSplit, image_size: int, num_workers: int = 0, chunk
 
 
 class CachedLoader(EpochLoader):
-    """Same interface and batches as loader.SplitLoader, from a uint8 cache of the split on `device`.
+    """Same interface and batches as torch_loader.SplitLoader, from a uint8 cache of the split on `device`.
 
     The split is decoded once, at construction (by `num_workers` threads). Batches follow
     torch_loader.epoch_batches: the same order and flips as the other loaders for the same (seed, epoch).

@@ -131,7 +131,7 @@ class BatchFeed:
 
 
 class DaliLoader(EpochLoader):
-    """Same interface and batches as loader.SplitLoader, decoded and transformed by a DALI pipeline.
+    """Same interface and batches as torch_loader.SplitLoader, decoded and transformed by a DALI pipeline.
 
     `num_workers` is the number of DALI CPU threads. The pipeline is built on the first iteration and
     reused for every epoch; an epoch left unfinished (a `break`) makes the next one build it anew, since
