@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from smec_fast.errors import ConfigError
 from smec_fast.precision import cpu_bf16_support, narrowest_bf16_cpu_width
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,12 +102,13 @@ def test_bench_default_runs_the_candidates_side_by_side(tmp_path):
         bench.main(["--candidates", "current", "--kinds", "native", "--out", str(out)])
 
 
-def test_bench_train_refuses_bf16_where_the_cpu_gets_it_wrong(tmp_path):
+def test_bench_train_skips_bf16_where_the_cpu_gets_it_wrong(tmp_path, capsys):
     bench = load_script("bench_train")
-    with pytest.raises(ConfigError, match="--amp bf16 on the CPU"):
-        bench.main(["--device", "cpu", "--image-size", "32", "--batch", "4", "--methods", "smec", "--modes", "eager",
-                    "--amp", "bf16", "--channels-last", "off", "--warmup", "0", "--steps", "1", "--repeats", "1",
-                    "--out", str(tmp_path / "train.json")])
+    rows = bench.main(["--device", "cpu", "--image-size", "32", "--batch", "4", "--methods", "smec", "--modes",
+                       "eager", "--amp", "bf16", "--channels-last", "off", "--warmup", "0", "--steps", "1",
+                       "--repeats", "1", "--out", str(tmp_path / "train.json")])
+    assert rows == []  # the trainer refuses that precision here, so nothing is timed in it
+    assert "smec 32 px eager bf16 skipped: --amp bf16 on the CPU" in capsys.readouterr().out
 
 
 def test_check_compile_rows(tmp_path):
