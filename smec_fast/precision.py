@@ -45,6 +45,11 @@ _BF16_ISAS = {"ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", 
               "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
 
 
+def _onednn_isa_cap() -> str:
+    """The instruction set oneDNN is capped to (ONEDNN_MAX_CPU_ISA, or its older name), "ALL" where uncapped."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+
+
 def cpu_bf16_support() -> tuple[bool, str]:
     """Whether this processor has native bf16 matrix instructions, as torch reports them, and which.
 
@@ -54,7 +59,7 @@ def cpu_bf16_support() -> tuple[bool, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
     found = [name for name, probe in probes if _cpu_flag(probe)]
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    cap = _onednn_isa_cap()
     if found and cap not in _BF16_ISAS:
         return False, f"{' and '.join(found)} capped by ONEDNN_MAX_CPU_ISA={cap} (torch CPU capability {capability})"
     if found:
@@ -131,7 +136,7 @@ def amx_in_use() -> bool:
     not cap oneDNN below them."""
     if not _cpu_flag("_is_amx_tile_supported"):
         return False
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    cap = _onednn_isa_cap()
     return cap == "ALL" or "AMX" in cap
 
 
@@ -169,8 +174,8 @@ def resolve_precision(amp: str, channels_last: str, device: torch.device | str,
             native, what = cpu_bf16_support()
             chosen, reason = ("bf16" if native else "off"), f"CPU with {what}"
             if native and too_narrow:
-                chosen, reason = "off", (f"CPU with {what}, but {narrowest_width}-px-wide inputs, where bf16 "
-                                         f"weight gradients are wrong: fp32")
+                chosen, reason = "off", (f"CPU with {what}, but {narrowest_width}-px-wide inputs, where oneDNN's "
+                                         f"bf16 kernels are wrong here: fp32")
         else:
             chosen, reason = amp, f"--amp {amp}"
         layout = chosen == "bf16" if channels_last == "auto" else channels_last == "on"
