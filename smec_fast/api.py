@@ -336,8 +336,7 @@ def _load_exported(path: Path, device: torch.device) -> TrainedModel:
     """A `.pt2` program and its metadata as a TrainedModel whose network returns (logits, features)."""
     import torch
 
-    from smec_fast.export import exported_network
-    from smec_fast.inference import TrainedModel
+    from smec_fast.inference import ExportedNetwork, TrainedModel
 
     card = path.with_name(path.name + ".json")
     try:
@@ -354,7 +353,7 @@ def _load_exported(path: Path, device: torch.device) -> TrainedModel:
     except Exception as err:  # a truncated or foreign file raises many kinds of errors
         raise CheckpointError(f"{path}: not a readable torch.export program ({err})") from None
     weight = meta.get("cam_weight")
-    network = exported_network(program.module(), None if weight is None else torch.tensor(weight)).to(device)
+    network = ExportedNetwork(program.module(), None if weight is None else torch.tensor(weight)).to(device)
     defaults = TrainConfig()  # an export from before its metadata named the method and recipe
     config = TrainConfig(image_size=image_size, method=str(meta.get("method", defaults.method)),
                          recipe=str(meta.get("recipe", defaults.recipe)))

@@ -337,6 +337,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _require_cams(trained, option: str) -> None:
+    """ConfigError naming `option` for a model without class activation maps."""
     if not trained.model.has_cam:
         from smec_fast.model import NO_CAM
 
@@ -355,7 +356,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if getattr(args, option):
             raise ConfigError(f"--{option.replace('_', '-')} needs --detect")
     model = load(args.checkpoint, args.device)
-    if args.cam and not model.has_cam:
+    if args.cam:
         _require_cams(model.trained, "--cam: ")
     root = Path(args.images)
     files = list_images(root)
@@ -390,7 +391,7 @@ def _predict_detected(args: argparse.Namespace) -> int:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
     _positive(args.min_face, "--min-face")
     model = load(args.checkpoint, args.device)
-    if args.annotate_cam and not model.has_cam:
+    if args.annotate_cam:
         _require_cams(model.trained, "--annotate-cam: ")
     model.detector(args.min_face, args.min_score)  # the detector's install is checked before any file is read
     report = model.predict_media(args.images, args.fps, args.annotate, args.annotate_cam, args.batch_size,

@@ -3,7 +3,8 @@
 The exported network takes images normalised with ImageNet's mean and std, (B, 3, S, S) float32 with S the
 training image size and any batch B, and returns `(logits (B, K), features (B, 512, h, w))`; the CAM of class j
 is `einsum("bchw,c->bhw", features, weight[j])` with the classifier weight, which a sidecar JSON file holds
-together with the class names, input size and normalisation. `smec_fast.load` reads a `.pt2` export back.
+together with the class names, input size and normalisation. `smec_fast.load` reads a `.pt2` export back
+(inference.ExportedNetwork).
 
 TorchScript is deprecated by PyTorch (torch 2.14 warns that `torch.jit.trace` and `torch.jit.load` are): `pt2`
 is what replaces it, and the `torchscript` format stays only while torch still supports it.
@@ -90,40 +91,6 @@ def export_model(trained: TrainedModel, fmt: str, out: str | Path) -> Path:
         "epoch": trained.epoch,
     })
     return out
-
-
-def exported_network(module, cam_weight):
-    """An exported program's module (`torch.export.load(...).module()`) as the network TrainedModel holds: it
-    returns (logits, features), and has the CAM weight the export's metadata records (ExportedNetwork)."""
-    import torch
-
-    class ExportedNetwork(torch.nn.Module):
-        """A `.pt2` program's network, with `has_cam` and `cam_weight` like model.FerResNet18's."""
-
-        def __init__(self, program_module, weight):
-            super().__init__()
-            self.program = program_module
-            self.register_buffer("weight", weight if weight is not None else torch.zeros(0), persistent=False)
-            self.has_cam = weight is not None
-
-        def forward(self, x):
-            return self.program(x)
-
-        def train(self, mode: bool = True):
-            # an exported program computes as it was exported (eval mode) and refuses train() and eval()
-            self.training = mode
-            return self
-
-        @property
-        def cam_weight(self):
-            if not self.has_cam:
-                from smec_fast.errors import CheckpointError
-                from smec_fast.model import NO_CAM
-
-                raise CheckpointError(NO_CAM)
-            return self.weight
-
-    return ExportedNetwork(module, cam_weight)
 
 
 BACKBONE_FORMAT = "smec_fast.backbone/1"

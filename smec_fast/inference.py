@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class TrainedModel:
     """A model restored from a training checkpoint, with what is needed to feed it."""
 
-    model: FerResNet18
+    model: FerResNet18 | ExportedNetwork  # a checkpoint's network, or a .pt2 export's
     class_names: tuple[str, ...]
     config: TrainConfig
     epoch: int
@@ -34,6 +34,35 @@ class TrainedModel:
     @property
     def image_size(self) -> int:
         return self.config.image_size
+
+
+class ExportedNetwork(torch.nn.Module):
+    """A `.pt2` export's program (`torch.export.load(...).module()`) as the network a TrainedModel holds: it returns
+    (logits, features), with `has_cam` and `cam_weight` (from the export's metadata) like FerResNet18's."""
+
+    weight: torch.Tensor  # (K, 512) the CAM weight; empty for a model without CAMs
+
+    def __init__(self, program: torch.nn.Module, cam_weight: torch.Tensor | None):
+        super().__init__()
+        self.program = program
+        self.register_buffer("weight", cam_weight if cam_weight is not None else torch.zeros(0), persistent=False)
+        self.has_cam = cam_weight is not None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> "ExportedNetwork":
+        # an exported program computes as it was exported (eval mode) and refuses train() and eval()
+        self.training = mode
+        return self
+
+    @property
+    def cam_weight(self) -> torch.Tensor:
+        if not self.has_cam:
+            from smec_fast.model import NO_CAM
+
+            raise CheckpointError(NO_CAM)
+        return self.weight
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from smec_fast.data.images import IMAGE_SUFFIXES, decode_rgb, frame_count, frames, normalize, pil_to_tensor
+from smec_fast.data.images import IMAGE_SUFFIXES, decode_rgb, frame_count, frames, pil_to_tensor
 from smec_fast.errors import DataError, first_line
-from smec_fast.inference import TrainedModel, face_cam_overlay
-from smec_fast.kernels import cam
+from smec_fast.inference import TrainedModel, classify_images, face_cam_overlay
 
 
 @dataclass
@@ -45,20 +44,15 @@ def classify_faces(trained: TrainedModel, photos, detector, batch_size: int = 32
     With `cams` (a model with CAMs), each face's CAM of its predicted class is kept too (PhotoFaces.cams)."""
     from smec_fast.faces import align_face
 
-    device = next(trained.model.parameters()).device
     waiting: list[tuple[PhotoFaces, object]] = []  # in order, not yielded yet
     pending: list[tuple[PhotoFaces, torch.Tensor]] = []  # (photo, aligned face) not classified yet
 
     def classify() -> None:
         if pending:
-            x = normalize(torch.stack([face for _, face in pending]).to(device))  # (B, 3, S, S)
-            logits, feat = trained.model(x)
-            for (photo, _), p in zip(pending, torch.softmax(logits.float(), dim=1).cpu()):
+            probs, maps = classify_images(trained, [face for _, face in pending], cams)
+            for (photo, _), p, m in zip(pending, probs, maps):
                 photo.probabilities.append(p)
-            if cams:
-                maps = cam(feat.float(), trained.model.cam_weight.float())  # (B, K, h, w)
-                chosen = maps[torch.arange(len(pending)), logits.argmax(1)].cpu()  # (B, h, w)
-                for (photo, _), m in zip(pending, chosen):
+                if m is not None:
                     photo.cams.append(m)
             pending.clear()
 
@@ -247,7 +241,8 @@ def detect_inputs(root: Path) -> tuple[list[Path], list[Path]]:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     candidates = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in VIDEO_EXTENSIONS]
     videos = [p for p in candidates if is_video(p)]
-    photos = [p for p in candidates if p not in set(videos)]
+    video_set = set(videos)
+    photos = [p for p in candidates if p not in video_set]
     if not photos and not videos:
         raise DataError(f"{root}: no image or video files in this folder")
     return photos, videos

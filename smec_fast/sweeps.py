@@ -69,24 +69,22 @@ def parse_variants(spec: str) -> list[Variant]:
     return variants
 
 
-def parse_floats(spec: str, option: str) -> list[float]:
+def _parse_list(spec: str, option: str, kind, what: str) -> list:
     try:
-        values = [float(s) for s in spec.split(",") if s.strip()]
+        values = [kind(s) for s in spec.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"{option} must be a comma-separated list of numbers, got {spec!r}") from None
+        raise ConfigError(f"{option} must be a comma-separated list of {what}, got {spec!r}") from None
     if not values:
         raise ConfigError(f"{option}: no value given")
     return values
+
+
+def parse_floats(spec: str, option: str) -> list[float]:
+    return _parse_list(spec, option, float, "numbers")
 
 
 def parse_ints(spec: str, option: str) -> list[int]:
-    try:
-        values = [int(s) for s in spec.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{option} must be a comma-separated list of integers, got {spec!r}") from None
-    if not values:
-        raise ConfigError(f"{option}: no value given")
-    return values
+    return _parse_list(spec, option, int, "integers")
 
 
 def cell_dir(out: Path, label: str, noise_rate: float, seed: int) -> Path:

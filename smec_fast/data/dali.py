@@ -27,7 +27,9 @@ DALI is imported when a DaliLoader is made, so the rest of the package works wit
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 from typing import Any
 
 import numpy as np
@@ -60,7 +62,18 @@ DALI_MODES = ("1", "L", "P", "RGB", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L")
 
 def dali_problem(path) -> str | None:
     """Why DALI's decoder would read this file otherwise than decode_rgb (transparency, several frames, an
-    unusual format or bit depth), or None; a file PIL cannot open is for the decode path to report."""
+    unusual format or bit depth), or None; a file PIL cannot open is for the decode path to report. The answer
+    is kept for the file as it is (path, size, modification time): `--loader auto` and every DaliLoader of a run
+    ask about the same files."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _dali_problem(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _dali_problem(path: str, size: int, mtime_ns: int) -> str | None:
     from .images import open_image
 
     try:

@@ -29,6 +29,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from ablations import fmt as ablation_fmt
+
 RATE = "noise40"
 # label -> (row name, recipe, the `smec-fast sweep --methods` variant that trains it)
 VARIANTS = {
@@ -72,13 +74,10 @@ def at_cut(metrics: dict, cut: int) -> dict | None:
     }
 
 
-def fmt(values: list[float], digits: int = 2) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def fmt(values: list[float | None], digits: int = 2) -> str:
+    """mean ± std of the values there are (ablations.fmt), "-" where there are none."""
+    present = [v for v in values if v is not None]
+    return ablation_fmt(present, digits) if present else "-"
 
 
 def figures_table(rows: list[tuple[str, str, list[dict]]], cut: int) -> str:
