@@ -22,19 +22,21 @@ def load(name: str):
     return module
 
 
-def fake_run(root, folder, label, seed, test, val, auroc=0.8, relabel=None, checkpoint=False):
+def fake_run(root, folder, label, seed, test, val, auroc=0.8, relabel=None, checkpoint=False, cpu=None):
     """A finished run's folder: metrics.json whose history has these test and validation accuracies."""
     history = []
     for e, (t, v) in enumerate(zip(test, val)):
-        train = {"loss": 1.0}
+        train = {"loss": 2.0 - t / 100}
         if relabel is not None:
             train.update(relabel[e])
         history.append({"epoch": e + 1, "train": train, "val": {"accuracy": v, "balanced_accuracy": v - 5},
                         "test": {"accuracy": t, "balanced_accuracy": t - 10}})
     cell = root / folder / label / "noise40" / f"seed{seed}"
     cell.mkdir(parents=True)
-    (cell / "metrics.json").write_text(json.dumps({"history": history, "config": {"seed": seed},
-                                                   "label_audit": {"auroc": auroc}}))
+    metrics = {"history": history, "config": {"seed": seed}, "label_audit": {"auroc": auroc}}
+    if cpu is not None:
+        metrics["environment"] = {"cpu": cpu}
+    (cell / "metrics.json").write_text(json.dumps(metrics))
     if checkpoint:
         (cell / "checkpoint.pt").write_bytes(b"weights")
     return cell
@@ -89,3 +91,26 @@ def test_plateau_shows_192_px_beside_its_96_px_twins_and_scn_relabelling(tmp_pat
 def test_plateau_refuses_an_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match="no finished run"):
         load("plateau").write_tables(tmp_path)
+
+
+def test_plateau_compares_the_first_epochs_with_the_ten_epoch_runs(tmp_path):
+    plateau = load("plateau")
+    curve = [40.0 + e for e in range(30)]
+    zen4 = "AMD EPYC 9R14 (family 25, model 17), 2 cores, torch capability AVX512, native bf16 (AVX512-BF16)"
+    intel = "Intel(R) Xeon(R) Processor (family 6, model 167), 2 cores, torch capability AVX512, native bf16"
+    fake_run(tmp_path, "plateau", "smec", 0, curve, curve, cpu=intel)
+    fake_run(tmp_path, "noise40", "smec", 0, curve[:10], curve[:10], cpu=zen4)
+    fake_run(tmp_path, "plateau", "smec", 1, curve, curve)
+    fake_run(tmp_path, "noise40", "smec", 1, curve[:6] + [v + 0.5 for v in curve[6:9]] + [curve[9] - 1.25],
+             curve[:10])
+    fake_run(tmp_path, "plateau", "scn-official", 0, curve, curve)
+    fake_run(tmp_path, "baselines", "scn-official", 0, curve[:10], [v - 1 for v in curve[:10]])
+    fake_run(tmp_path, "plateau", "ce", 0, curve, curve)  # no 10-epoch run to compare with
+    text = plateau.write_tables(tmp_path).split("## The first 10 epochs against the 10-epoch runs")[1]
+    text = text.split("##")[0]
+    assert ("| SMEC | shared (the paper's) | 0 | 10 | Intel(R) Xeon(R) Processor (family 6, model 167) | "
+            "AMD EPYC 9R14 (family 25, model 17) | equal to the last digit |") in text
+    assert ("| SMEC | shared (the paper's) | 1 | 10 | not recorded | not recorded | differ from epoch 7; test "
+            "accuracy up to 1.25 points apart |") in text
+    assert "| SCN | official | 0 | 10 | not recorded | not recorded | differ from epoch 1;" in text  # validation
+    assert "| CE |" not in text

@@ -10,7 +10,9 @@ run's metrics.json, and writes:
   label audit's noise AUROC) at each epoch cut (10, 20, 30, and 45 where continued): the first epochs of a longer
   run are the run of that length, as nothing in a run depends on its epoch budget (constant or per-epoch learning
   rates, epoch-seeded data order); the AUROC exists only at a run's end. Then each run's best epoch by test and
-  by validation accuracy; then 192 px against 96 px at the same epoch count; then SCN's relabelling by epoch.
+  by validation accuracy; then 192 px against 96 px at the same epoch count; then each 30-epoch run's first
+  10 epochs against the committed 10-epoch run (noise40/, baselines/), which they repeat; then SCN's relabelling
+  by epoch.
 - `plateau.png`: test accuracy by epoch, mean and spread (min to max) over seeds, a line per variant, the 10-epoch
   cut marked; `size192.png` the same for the 192 px runs and their 96 px twins.
 
@@ -43,6 +45,9 @@ VARIANTS = {
     "elr": ("ELR (CE + ELR)", "shared", "elr"),
     "ce": ("CE", "shared", "ce"),
 }
+# Where each variant's 10-epoch runs are, which the first 10 epochs of its 30-epoch runs repeat.
+TEN_EPOCHS = {"smec": "noise40", "eac": "noise40", "elr": "noise40", "ce": "noise40", "scn": "baselines",
+              "eac-official": "baselines", "scn-official": "baselines", "rul-official": "baselines"}
 EXTENDED = ("smec", "eac", "eac-official")  # continued to 45 epochs where they have not peaked by 30
 CUTS = (10, 20, 30, 45)
 
@@ -133,6 +138,42 @@ def relabel_table(rows: list[tuple[str, str, list[dict]]]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def cpu_of(metrics: dict) -> str:
+    """The CPU a run trained on, as its metrics.json names it (model and family numbers)."""
+    cpu = (metrics.get("environment") or {}).get("cpu")
+    return cpu.split(" cores")[0].rsplit(", ", 1)[0] if cpu else "not recorded"
+
+
+def repeat_table(root: Path, plateau: dict[str, list[dict]]) -> str:
+    """Each 30-epoch run's first epochs against the 10-epoch run of its variant and seed (TEN_EPOCHS): the
+    training loss and the validation and test accuracy of every epoch, which are equal to the last digit where
+    both ran the same kernels in the same order."""
+    head = ["method", "recipe", "seed", "epochs compared", "CPU of the longer run", "CPU of the 10-epoch run",
+            "result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, (name, recipe, _) in VARIANTS.items():
+        for m in plateau.get(label, []):
+            seed = m["config"]["seed"]
+            path = root / TEN_EPOCHS[label] / label / RATE / f"seed{seed}" / "metrics.json"
+            if not path.exists():
+                continue
+            short = json.loads(path.read_text())
+            n = min(len(short["history"]), len(m["history"]))
+
+            def figures(h: dict) -> tuple:
+                return h["train"]["loss"], h.get("val", {}).get("accuracy"), h["test"]["accuracy"]
+
+            differ = [e for e in range(n) if figures(m["history"][e]) != figures(short["history"][e])]
+            if differ:
+                gap = max(abs(m["history"][e]["test"]["accuracy"] - short["history"][e]["test"]["accuracy"])
+                          for e in range(n))
+                result = f"differ from epoch {differ[0] + 1}; test accuracy up to {gap:.2f} points apart"
+            else:
+                result = "equal to the last digit"
+            lines.append(f"| {name} | {recipe} | {seed} | {n} | {cpu_of(m)} | {cpu_of(short)} | {result} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def merged(base: dict[str, list[dict]], longer: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Each label's runs, a continued run (plateau45/) standing in for its 30-epoch one (the same first epochs)."""
     out = {}
@@ -212,6 +253,11 @@ def write_tables(root: Path) -> str:
                      + figures_table(pairs, epochs) + "\n")
         plot_curves([(name, cells) for name, _, cells in pairs if cells], root / "size192.png",
                     "FER2013, pretrained regime, 40 % noise: 192 px against 96 px (mean, min-max over seeds)")
+    repeat = repeat_table(root, plateau)
+    if repeat:
+        parts.append("## The first 10 epochs against the 10-epoch runs\n\n"
+                     "Training loss, validation and test accuracy of every epoch the two runs share.\n\n" + repeat
+                     + "\n")
     relabel = relabel_table(rows)
     if relabel:
         parts.append("## SCN's relabelling by epoch (mean over seeds)\n\n" + relabel)
