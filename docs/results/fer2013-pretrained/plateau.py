@@ -103,14 +103,15 @@ def figures_table(rows: list[tuple[str, str, list[dict]]], cut: int) -> str:
 
 
 def best_epochs_table(rows: list[tuple[str, str, list[dict]]]) -> str:
-    head = ["method", "recipe", "seed", "epochs", "best epoch by test (acc.)", "best epoch by validation (test acc.)"]
+    head = ["method", "recipe", "seed", "epochs", "best epoch by test (acc.)", "best epoch by validation (test acc.)",
+            "CPU (bf16 kernels)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, recipe, cells in rows:
         for m in cells:
             f = at_cut(m, len(m["history"]))
             chosen = "-" if f["selected_epoch"] is None else f"{f['selected_epoch']} ({f['selected']:.2f})"
             lines.append(f"| {name} | {recipe} | {m['config']['seed']} | {len(m['history'])} | "
-                         f"{f['best_epoch']} ({f['best']:.2f}) | {chosen} |")
+                         f"{f['best_epoch']} ({f['best']:.2f}) | {chosen} | {cpu_of(m, kernels=True)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,10 +139,15 @@ def relabel_table(rows: list[tuple[str, str, list[dict]]]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def cpu_of(metrics: dict) -> str:
-    """The CPU a run trained on, as its metrics.json names it (model and family numbers)."""
+def cpu_of(metrics: dict, kernels: bool = False) -> str:
+    """The CPU a run trained on, as its metrics.json names it (model and family numbers), and with `kernels` the
+    bf16 instructions its precision choice named ("AMX and AVX512-BF16", "AVX512-BF16 (AMX unused: ...)")."""
     cpu = (metrics.get("environment") or {}).get("cpu")
-    return cpu.split(" cores")[0].rsplit(", ", 1)[0] if cpu else "not recorded"
+    if not cpu:
+        return "not recorded"
+    name = cpu.split(" cores")[0].rsplit(", ", 1)[0]
+    instructions = cpu.partition("native bf16 (")[2][:-1]
+    return f"{name}, {instructions}" if kernels and instructions else name
 
 
 def repeat_table(root: Path, plateau: dict[str, list[dict]]) -> str:

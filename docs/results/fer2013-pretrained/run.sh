@@ -11,12 +11,15 @@
 # /tmp/fer2013-pretrained); a later sitting on another machine trains the backbone again, and stops if its
 # weights differ from the ones the finished runs started from (backbone.pt.json, weights_sha256).
 #
-# The runs are bit-reproducible across machines with native bf16 where oneDNN runs the same kernels: on an Intel
-# CPU with AMX, oneDNN is kept to the AVX512-BF16 kernels that an AMD Zen 4 runs, and the backbone's first epoch
-# gives the Zen 4's loss and accuracies to the last digit, at under half of AMX's speed (95 against 216 images/s).
-# On a CPU without native bf16 the backbone comes out different, and the check below stops the sitting.
+# The backbone rebuilds bit for bit on any CPU whose oneDNN runs the AVX512-BF16 kernels of the AMD Zen 4 that
+# made it: step 1 keeps oneDNN to them (ONEDNN_MAX_CPU_ISA), and on an Intel CPU with AMX its twelve epochs give
+# the Zen 4's losses, accuracies and weights_sha256, at under half of AMX's speed (95 against 216 images/s). The
+# runs trained from it use the machine's own bf16 kernels (AMX there: SMEC's epoch at 96 px 42 s against 93 s
+# capped). Their rounding differs from machine to machine (SMEC's first epoch, seed 0: loss 2.006469 on the
+# Zen 4, 2.006540 on the capped Intel, 2.006524 with AMX), so each run's metrics.json names its CPU, and
+# plateau.md names each run's. On a CPU without native bf16 the backbone comes out different, and the check
+# below stops the sitting.
 set -euo pipefail
-export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX512_CORE_BF16}"
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
 FER="${FER:-$repo/../shared/data/fer2013}"
@@ -29,7 +32,7 @@ python3 "$here/make_halves.py" "$FER" "$WORK/data"
 # 1. The backbone: CE on half A, 12 epochs, lr 1e-3 (from scratch), a validation tenth held out; the file
 #    holds the final epoch's weights.
 if [ ! -f "$WORK/backbone.pt" ]; then
-  $SMEC train --dataset folder --data "$WORK/data/halfA" --method ce --image-size $SIZE --epochs 12 \
+  ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX512_CORE_BF16}" $SMEC train --dataset folder --data "$WORK/data/halfA" --method ce --image-size $SIZE --epochs 12 \
     --batch-size 64 --lr 1e-3 --val-fraction 0.1 --progress false --out "$WORK/backbone-run" --resume
   $SMEC backbone "$WORK/backbone-run/checkpoint.pt" --out "$WORK/backbone.pt"
 fi
