@@ -10,7 +10,7 @@ run's metrics.json, and writes:
   label audit's noise AUROC) at each epoch cut (10, 20, 30, and 45 where continued): the first epochs of a longer
   run are the run of that length, as nothing in a run depends on its epoch budget (constant or per-epoch learning
   rates, epoch-seeded data order); the AUROC exists only at a run's end. Then each run's best epoch by test and
-  by validation accuracy; then 192 px against 96 px at the same epoch count; then each 30-epoch run's first
+  by validation accuracy, with the CPU and bf16 kernels it ran on; then 192 px against 96 px at the same epoch count; then each 30-epoch run's first
   10 epochs against the committed 10-epoch run (noise40/, baselines/), which they repeat; then SCN's relabelling
   by epoch.
 - `plateau.png`: test accuracy by epoch, mean and spread (min to max) over seeds, a line per variant, the 10-epoch
