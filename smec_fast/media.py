@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from smec_fast.data.images import IMAGE_SUFFIXES, decode_rgb, frame_count, frames, pil_to_tensor
+from smec_fast.data.images import IMAGE_SUFFIXES, decode_rgb, frames, is_animated, pil_to_tensor
 from smec_fast.errors import DataError, first_line
 from smec_fast.inference import TrainedModel, classify_images, face_cam_overlay
 
@@ -226,7 +226,7 @@ def is_video(path: Path) -> bool:
         return True
     if path.suffix.lower() in ANIMATED_SUFFIXES:
         try:
-            return frame_count(path) > 1
+            return is_animated(path)
         except DataError:
             return False  # the photo path reports it
     return False

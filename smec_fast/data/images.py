@@ -245,10 +245,11 @@ def frames(path: str | Path) -> Iterator[tuple[Image.Image, float]]:
         raise DataError(f"{path}: the image breaks off ({first_line(err)})") from None
 
 
-def frame_count(path: str | Path) -> int:
-    """How many frames an image file holds (1 for a still image)."""
+def is_animated(path: str | Path) -> bool:
+    """Whether an image file holds more than one frame. PIL answers from the header (APNG, WebP) or by finding a
+    second frame (GIF), without decoding or counting the rest."""
     with open_image(path) as image:
-        return int(getattr(image, "n_frames", 1))
+        return bool(getattr(image, "is_animated", False))
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
