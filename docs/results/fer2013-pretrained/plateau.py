@@ -143,8 +143,9 @@ def cpu_of(metrics: dict, kernels: bool = False) -> str:
     """The CPU a run trained on, as its metrics.json names it (model and family numbers), and with `kernels` the
     bf16 instructions its precision choice named ("AMX and AVX512-BF16", "AVX512-BF16 (AMX unused: ...)")."""
     cpu = (metrics.get("environment") or {}).get("cpu")
-    if not cpu:
-        return "not recorded"
+    if not cpu:  # runs before environment.cpu: the precision choice's reason still names the instructions
+        reason = (metrics.get("precision") or {}).get("reason")
+        return f"not recorded ({reason})" if reason else "not recorded"
     name = cpu.split(" cores")[0].rsplit(", ", 1)[0]
     instructions = cpu.partition("native bf16 (")[2][:-1]
     return f"{name}, {instructions}" if kernels and instructions else name
