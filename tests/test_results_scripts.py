@@ -116,7 +116,7 @@ def test_plateau_compares_the_first_epochs_with_the_ten_epoch_runs(tmp_path):
     text = everything.split("## The first 10 epochs against the 10-epoch runs")[1].split("##")[0]
     assert ("| SMEC | shared (the paper's) | 0 | 10 | Intel(R) Xeon(R) Processor (family 6, model 167) | "
             "AMD EPYC 9R14 (family 25, model 17) | equal to the last digit |") in text
-    assert ("| SMEC | shared (the paper's) | 1 | 10 | not recorded | not recorded (CPU with AVX512-BF16) | differ from epoch 7; test "
-            "accuracy up to 1.25 points apart |") in text
+    assert ("| SMEC | shared (the paper's) | 1 | 10 | not recorded | not recorded (CPU with AVX512-BF16) | "
+            "differ from epoch 7; test accuracy up to 1.25 points apart |") in text
     assert "| SCN | official | 0 | 10 | not recorded | not recorded | differ from epoch 1;" in text  # validation
     assert "| CE |" not in text
