@@ -212,7 +212,7 @@ def plot_curves(series: list[tuple[str, list[dict]]], path: Path, title: str, cu
             low.append(min(values))
             high.append(max(values))
         seeds = ",".join(str(m["config"]["seed"]) for m in cells)
-        line, = ax.plot(xs, mean, label=f"{name} (seeds {seeds})", lw=1.6)
+        line, = ax.plot(xs, mean, label=f"{name} (seed{'s' if len(cells) > 1 else ''} {seeds})", lw=1.6)
         ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, lw=0)
     if cut is not None:
         ax.axvline(cut, color="grey", ls="--", lw=1)
