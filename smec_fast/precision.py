@@ -62,7 +62,7 @@ def cpu_bf16_support() -> tuple[bool, str]:
     cap = _onednn_isa_cap()
     if found and cap not in _BF16_ISAS:
         return False, f"{' and '.join(found)} capped by ONEDNN_MAX_CPU_ISA={cap} (torch CPU capability {capability})"
-    if "AMX" in found and not ("AMX" in cap or cap == "ALL") and len(found) > 1:
+    if "AMX" in found and not amx_in_use() and len(found) > 1:
         # oneDNN runs its AVX512-BF16 kernels instead, the ones an AMD Zen 4 runs.
         return True, f"{' and '.join(f for f in found if f != 'AMX')} (AMX unused: ONEDNN_MAX_CPU_ISA={cap})"
     if found:
