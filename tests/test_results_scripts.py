@@ -84,7 +84,8 @@ def test_plateau_shows_192_px_beside_its_96_px_twins_and_scn_relabelling(tmp_pat
     assert "| SMEC, 192 px | shared (the paper's) | 0 | 60.00 | 50.00 | 60.00 | 60.00 | 0.950 |" in size
     assert "| SMEC, 96 px | shared (the paper's) | 0 | 59.00 | 49.00 | 59.00 | 59.00 | - |" in size
     relabel = text.split("## SCN's relabelling by epoch")[1]
-    assert "| SCN | shared | 11 | 1 | 30.0 | 20.0 | 4.0 | 39.60 |" in relabel
+    assert "| SCN | shared | 1-10 | 1 | 0.0 | 0.0 | 0.0 | 40.00 |" in relabel
+    assert "| SCN | shared | 11-30 | 1 | 30.0 | 20.0 | 4.0 | 39.60 |" in relabel
     assert (tmp_path / "size192.png").exists()
 
 

@@ -117,13 +117,15 @@ def best_epochs_table(rows: list[tuple[str, str, list[dict]]]) -> str:
 
 def relabel_table(rows: list[tuple[str, str, list[dict]]]) -> str:
     """SCN's relabelling by epoch: labels changed, of them restored to the clean label and overwriting a clean
-    one, and the share of wrong training labels after the epoch; mean over the seeds."""
+    one, and the share of wrong training labels after the epoch; mean over the seeds. Consecutive epochs with the
+    same figures (those before the first relabelling) share a row."""
     head = ["method", "recipe", "epoch", "seeds", "changed", "restored", "overwrote", "wrong labels after (%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, recipe, cells in rows:
         if not name.startswith("SCN"):
             continue
         epochs = max(len(m["history"]) for m in cells)
+        found: list[tuple[int, str]] = []  # (epoch, the row's figures)
         for e in range(epochs):
             entries = [m["history"][e]["train"] for m in cells if len(m["history"]) > e]
             entries = [t for t in entries if "relabel_changed" in t]
@@ -135,7 +137,14 @@ def relabel_table(rows: list[tuple[str, str, list[dict]]]) -> str:
                 mean["labels_wrong"] *= 100
             cells_text = ["-" if mean[k] is None else f"{mean[k]:.{2 if k == 'labels_wrong' else 1}f}"
                           for k in ("relabel_changed", "relabel_restored", "relabel_overwrote", "labels_wrong")]
-            lines.append(f"| {name} | {recipe} | {e + 1} | {len(entries)} | " + " | ".join(cells_text) + " |")
+            found.append((e + 1, f"{len(entries)} | " + " | ".join(cells_text)))
+        start = 0
+        for i, (epoch, text) in enumerate(found):  # runs of epochs with the same figures share a row
+            if i + 1 < len(found) and found[i + 1][1] == text and found[i + 1][0] == epoch + 1:
+                continue
+            first = found[start][0]
+            lines.append(f"| {name} | {recipe} | {first if first == epoch else f'{first}-{epoch}'} | {text} |")
+            start = i + 1
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
