@@ -32,8 +32,8 @@ python3 "$here/make_halves.py" "$FER" "$WORK/data"
 # 1. The backbone: CE on half A, 12 epochs, lr 1e-3 (from scratch), a validation tenth held out; the file
 #    holds the final epoch's weights.
 if [ ! -f "$WORK/backbone.pt" ]; then
-  ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX512_CORE_BF16}" $SMEC train --dataset folder --data "$WORK/data/halfA" --method ce --image-size $SIZE --epochs 12 \
-    --batch-size 64 --lr 1e-3 --val-fraction 0.1 --progress false --out "$WORK/backbone-run" --resume
+  ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX512_CORE_BF16}" $SMEC train --dataset folder --data "$WORK/data/halfA" \
+    --method ce --image-size $SIZE --epochs 12 --batch-size 64 --lr 1e-3 --val-fraction 0.1 --progress false --out "$WORK/backbone-run" --resume
   $SMEC backbone "$WORK/backbone-run/checkpoint.pt" --out "$WORK/backbone.pt"
 fi
 if [ -f "$here/backbone.pt.json" ]; then
