@@ -33,7 +33,8 @@ python3 "$here/make_halves.py" "$FER" "$WORK/data"
 #    holds the final epoch's weights.
 if [ ! -f "$WORK/backbone.pt" ]; then
   ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX512_CORE_BF16}" $SMEC train --dataset folder --data "$WORK/data/halfA" \
-    --method ce --image-size $SIZE --epochs 12 --batch-size 64 --lr 1e-3 --val-fraction 0.1 --progress false --out "$WORK/backbone-run" --resume
+    --method ce --image-size $SIZE --epochs 12 --batch-size 64 --lr 1e-3 --val-fraction 0.1 --progress false \
+    --out "$WORK/backbone-run" --resume
   $SMEC backbone "$WORK/backbone-run/checkpoint.pt" --out "$WORK/backbone.pt"
 fi
 if [ -f "$here/backbone.pt.json" ]; then
