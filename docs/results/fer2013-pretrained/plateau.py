@@ -160,6 +160,11 @@ def cpu_of(metrics: dict, kernels: bool = False) -> str:
     return f"{name}, {instructions}" if kernels and instructions else name
 
 
+def epoch_figures(h: dict) -> tuple:
+    """An epoch's training loss, validation and test accuracy: what repeat_table compares."""
+    return h["train"]["loss"], h.get("val", {}).get("accuracy"), h["test"]["accuracy"]
+
+
 def repeat_table(root: Path, plateau: dict[str, list[dict]]) -> str:
     """Each 30-epoch run's first epochs against the 10-epoch run of its variant and seed (TEN_EPOCHS): the
     training loss and the validation and test accuracy of every epoch, which are equal to the last digit where
@@ -175,11 +180,7 @@ def repeat_table(root: Path, plateau: dict[str, list[dict]]) -> str:
                 continue
             short = json.loads(path.read_text())
             n = min(len(short["history"]), len(m["history"]))
-
-            def figures(h: dict) -> tuple:
-                return h["train"]["loss"], h.get("val", {}).get("accuracy"), h["test"]["accuracy"]
-
-            differ = [e for e in range(n) if figures(m["history"][e]) != figures(short["history"][e])]
+            differ = [e for e in range(n) if epoch_figures(m["history"][e]) != epoch_figures(short["history"][e])]
             if differ:
                 gap = max(abs(m["history"][e]["test"]["accuracy"] - short["history"][e]["test"]["accuracy"])
                           for e in range(n))
