@@ -76,6 +76,8 @@ def test_plateau_shows_192_px_beside_its_96_px_twins_and_scn_relabelling(tmp_pat
     curve = [40.0 + e for e in range(30)]
     fake_run(tmp_path, "plateau", "smec", 0, curve, curve)
     fake_run(tmp_path, "size192", "smec", 0, [60.0] * 20, [60.0] * 20, auroc=0.95)
+    fake_run(tmp_path, "size192", "eac", 0, [58.0] * 20, [58.0] * 20, auroc=0.9)
+    fake_run(tmp_path, "plateau", "eac", 0, [50.0] * 30, [50.0] * 30)
     counts = [{"relabel_changed": 0, "relabel_restored": 0, "relabel_overwrote": 0, "labels_wrong": 0.4}] * 10
     counts += [{"relabel_changed": 30, "relabel_restored": 20, "relabel_overwrote": 4, "labels_wrong": 0.396}] * 20
     fake_run(tmp_path, "plateau", "scn", 0, curve, curve, relabel=counts)
@@ -83,10 +85,36 @@ def test_plateau_shows_192_px_beside_its_96_px_twins_and_scn_relabelling(tmp_pat
     size = text.split("## 192 px against 96 px, 20 epochs each")[1].split("##")[0]
     assert "| SMEC, 192 px | shared (the paper's) | 0 | 60.00 | 50.00 | 60.00 | 60.00 | 0.950 |" in size
     assert "| SMEC, 96 px | shared (the paper's) | 0 | 59.00 | 49.00 | 59.00 | 59.00 | - |" in size
+    large = text.split("## SMEC against EAC and ELR at 192 px, 20 epochs")[1].split("##")[0]
+    assert "| EAC, 192 px | shared | 0 | +2.00 (1 of 1) | +2.00 (1 of 1) | +2.00 (1 of 1) | +2.00 (1 of 1) | " \
+           "+0.050 (1 of 1) |" in large
+    small = text.split("## SMEC against EAC and ELR at 96 px, 20 epochs")[1].split("##")[0]
+    assert "| EAC, 96 px | shared | 0 | +9.00 (1 of 1) | +9.00 (1 of 1) | +9.00 (1 of 1) | +9.00 (1 of 1) | - |" \
+        in small
     relabel = text.split("## SCN's relabelling by epoch")[1]
     assert "| SCN | shared | 1-10 | 1 | 0.0 | 0.0 | 0.0 | 40.00 |" in relabel
     assert "| SCN | shared | 11-30 | 1 | 30.0 | 20.0 | 4.0 | 39.60 |" in relabel
     assert (tmp_path / "size192.png").exists()
+
+
+def test_plateau_puts_smec_against_each_method_seed_by_seed(tmp_path):
+    plateau = load("plateau")
+    fake_run(tmp_path, "plateau", "smec", 0, [60.0] * 30, [60.0] * 30, auroc=0.9)
+    fake_run(tmp_path, "plateau", "smec", 1, [62.0] * 30, [62.0] * 30, auroc=0.8)
+    fake_run(tmp_path, "plateau", "eac", 0, [55.0] * 30, [55.0] * 30, auroc=0.85)
+    fake_run(tmp_path, "plateau", "eac", 1, [55.5] * 30, [55.5] * 30, auroc=0.85)
+    fake_run(tmp_path, "plateau", "ce", 1, [63.0] * 30, [63.0] * 30, auroc=0.7)
+    text = plateau.write_tables(tmp_path)
+    after30 = text.split("## SMEC against each method after 30 epochs")[1].split("##")[0]
+    # differences 5 and 6.5, mean 5.75; spreads sqrt(2) and sqrt(0.125), their mean 0.884: 6.5 spreads
+    assert ("| EAC | shared | 0, 1 | +5.75 (2 of 2; +6.5 spreads) | +5.75 (2 of 2; +6.5 spreads) | "
+            "+5.75 (2 of 2; +6.5 spreads) | +5.75 (2 of 2; +6.5 spreads) | +0.000 (1 of 2; +0.0 spreads) |") in after30
+    assert "| CE | shared | 1 | -1.00 (0 of 1) | -1.00 (0 of 1) | -1.00 (0 of 1) | -1.00 (0 of 1) | +0.100 (1 of 1) |" \
+        in after30
+    after10 = text.split("## SMEC against each method after 10 epochs")[1].split("##")[0]
+    assert "| EAC | shared | 0, 1 | +5.75 (2 of 2; +6.5 spreads) |" in after10 and after10.count("| - |") == 2
+    assert plateau.difference([1.0, 1.0], [0.0, 0.0], 2) == "+1.00 (2 of 2; no spread)"
+    assert plateau.difference([], [], 2) == "-"
 
 
 def test_plateau_refuses_an_empty_folder(tmp_path):

@@ -9,10 +9,12 @@ run's metrics.json, and writes:
 - `plateau.md`: for each variant, the figures of baselines.md (final, balanced, selected, best accuracy and the
   label audit's noise AUROC) at each epoch cut (10, 20, 30, and 45 where continued): the first epochs of a longer
   run are the run of that length, as nothing in a run depends on its epoch budget (constant or per-epoch learning
-  rates, epoch-seeded data order); the AUROC exists only at a run's end. Then each run's best epoch by test and
-  by validation accuracy, with the CPU and bf16 kernels it ran on; then 192 px against 96 px at the same epoch count; then each 30-epoch run's first
-  10 epochs against the committed 10-epoch run (noise40/, baselines/), which they repeat; then SCN's relabelling
-  by epoch.
+  rates, epoch-seeded data order); the AUROC exists only at a run's end. Then SMEC against each other variant
+  after 10 and 30 epochs, metric by metric: the mean of the seed-by-seed differences, on how many seeds SMEC is
+  above, and by how many seed spreads. Then each run's best epoch by test and by validation accuracy, with the
+  CPU and bf16 kernels it ran on; then 192 px against 96 px at the same epoch count, with SMEC against EAC and
+  ELR at each size; then each 30-epoch run's first 10 epochs against the committed 10-epoch run (noise40/,
+  baselines/), which they repeat; then SCN's relabelling by epoch.
 - `plateau.png`: test accuracy by epoch, mean and spread (min to max) over seeds, a line per variant, the 10-epoch
   cut marked; `size192.png` the same for the 192 px runs and their 96 px twins.
 
@@ -100,6 +102,52 @@ def figures_table(rows: list[tuple[str, str, list[dict]]], cut: int) -> str:
             *(fmt([f[key] for f in figures]) for key in ("final", "balanced", "selected", "best")),
             fmt([f["auroc"] for f in figures], 3)]) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+METRICS = (("final", "final acc.", 2), ("balanced", "balanced acc.", 2), ("selected", "selected acc.", 2),
+           ("best", "best acc.", 2), ("auroc", "noise AUROC", 3))
+
+
+def paired(mine: list[dict], theirs: list[dict], cut: int, key: str) -> tuple[list[float], list[float]]:
+    """The two rows' figures `key` at `cut` epochs, on the seeds both ran to it and have the figure for, in seed
+    order."""
+    a = {m["config"]["seed"]: (at_cut(m, cut) or {}).get(key) for m in mine}
+    b = {m["config"]["seed"]: (at_cut(m, cut) or {}).get(key) for m in theirs}
+    seeds = sorted(s for s in a.keys() & b.keys() if a[s] is not None and b[s] is not None)
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+def difference(mine: list[float], theirs: list[float], digits: int) -> str:
+    """The mean of mine - theirs, seed by seed; on how many seeds mine is above; and, from two seeds on, the mean
+    difference in seed spreads (the mean of the two rows' sample standard deviations over those seeds)."""
+    if not mine:
+        return "-"
+    gap = statistics.fmean(a - b for a, b in zip(mine, theirs))
+    text = f"{gap:+.{digits}f} ({sum(a > b for a, b in zip(mine, theirs))} of {len(mine)}"
+    if len(mine) > 1:
+        spread = (statistics.stdev(mine) + statistics.stdev(theirs)) / 2
+        text += f"; {gap / spread:+.1f} spreads" if spread > 0 else "; no spread"
+    return text + ")"
+
+
+def against_table(reference: tuple[str, list[dict]], others: list[tuple[str, str, list[dict]]], cut: int) -> str:
+    """One row per other method: the reference row's figures minus its, at `cut` epochs, metric by metric
+    (difference), on the seeds both ran; rows with no common seed at that cut are left out."""
+    name, mine = reference
+    head = ["against", "recipe", "seeds", *(title for _, title, _ in METRICS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for other, recipe, theirs in others:
+        seeds = sorted({m["config"]["seed"] for m in mine if at_cut(m, cut)}
+                       & {m["config"]["seed"] for m in theirs if at_cut(m, cut)})
+        if not seeds:
+            continue
+        cells = [difference(*paired(mine, theirs, cut, key), digits) for key, _, digits in METRICS]
+        lines.append(f"| {other} | {recipe} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ""
+    return (f"{name} minus each row, seed by seed, then the mean; in brackets: on how many of the seeds {name} is "
+            "above, and from two seeds on the mean difference in seed spreads (the mean of the two rows' sample "
+            "standard deviations over those seeds).\n\n" + "\n".join(lines) + "\n")
 
 
 def best_epochs_table(rows: list[tuple[str, str, list[dict]]]) -> str:
@@ -256,6 +304,13 @@ def write_tables(root: Path) -> str:
         text = figures_table(rows, cut)
         if text:
             parts.append(f"## After {cut} epochs\n\n{text}\n")
+    smec = [cells for name, recipe, cells in rows if name == "SMEC"]
+    if smec:
+        others = [row for row in rows if row[0] != "SMEC"]
+        for cut in (10, 30):
+            text = against_table(("SMEC", smec[0]), others, cut)
+            if text:
+                parts.append(f"## SMEC against each method after {cut} epochs\n\n{text}\n")
     parts.append("## Best epochs of each run\n\n" + best_epochs_table(rows) + "\n")
     if size192:
         pairs = []
@@ -268,6 +323,12 @@ def write_tables(root: Path) -> str:
         parts.append(f"## 192 px against 96 px, {epochs} epochs each\n\n"
                      "The 96 px rows are the 30-epoch runs cut at the 192 px runs' epoch count.\n\n"
                      + figures_table(pairs, epochs) + "\n")
+        for size in ("192 px", "96 px"):
+            mine = [cells for name, _, cells in pairs if name == f"SMEC, {size}"]
+            others = [row for row in pairs if row[0].endswith(size) and not row[0].startswith("SMEC")]
+            text = against_table((f"SMEC at {size}", mine[0]), others, epochs) if mine else ""
+            if text:
+                parts.append(f"## SMEC against EAC and ELR at {size}, {epochs} epochs\n\n{text}\n")
         plot_curves([(name, cells) for name, _, cells in pairs if cells], root / "size192.png",
                     "FER2013, pretrained regime, 40 % noise: 192 px against 96 px (mean, min-max over seeds)")
     repeat = repeat_table(root, plateau)
