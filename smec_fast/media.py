@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from smec_fast.data.images import IMAGE_SUFFIXES, decode_rgb, frames, is_animated, pil_to_tensor
+from smec_fast.data.images import IMAGE_SUFFIXES, decode_rgb, frame_times, frames, is_animated, pil_to_tensor
 from smec_fast.errors import DataError, first_line
 from smec_fast.inference import TrainedModel, classify_images, face_cam_overlay
 
@@ -148,7 +148,7 @@ def video_rate(path: Path) -> float:
     """A video's average frame rate (frames per second), 25 where the file does not say; an animated image's from
     its frames' durations."""
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
-        times = [t for _, t in frames(path)]
+        times = frame_times(path)
         return (len(times) - 1) / times[-1] if len(times) > 1 and times[-1] > 0 else 10.0
     import av
 

@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from smec_fast import media
 from smec_fast.data import images
 from smec_fast.data.images import decode_rgb, frames
 from smec_fast.errors import DataError
@@ -173,9 +174,16 @@ def test_an_animated_image_gives_its_first_frame_or_every_frame(tmp_path):
     got = list(frames(path))
     assert [int(np.asarray(f).mean()) for f, _ in got] == [0, 100, 200]
     assert [t for _, t in got] == pytest.approx([0.0, 0.1, 0.3])
+    assert images.frame_times(path) == pytest.approx([0.0, 0.1, 0.3])
+    assert media.video_rate(path) == pytest.approx(2 / 0.3)  # two intervals in 0.3 s
     assert images.is_animated(path)
     shades[0].save(still := tmp_path / "still.gif")
     assert not images.is_animated(still) and not images.is_animated(write(tmp_path / "still.png", (shades[0], {})))
+    assert images.frame_times(still) == [0.0]
+    broken = tmp_path / "broken.gif"
+    broken.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DataError, match="broken.gif: the image breaks off"):
+        images.frame_times(broken)
 
 
 def test_an_image_past_the_decompression_bomb_limit_is_refused(tmp_path, monkeypatch):

@@ -245,6 +245,20 @@ def frames(path: str | Path) -> Iterator[tuple[Image.Image, float]]:
         raise DataError(f"{path}: the image breaks off ({first_line(err)})") from None
 
 
+def frame_times(path: str | Path) -> list[float]:
+    """The time in seconds at which each frame of an animated image starts, from the frames' durations (what
+    `frames` gives beside each frame), without converting or turning any frame; a still image gives [0.0]."""
+    image = open_image(path)
+    times = [0.0]
+    try:
+        with image:
+            for frame in ImageSequence.Iterator(image):
+                times.append(times[-1] + float(frame.info.get("duration", 100) or 100) / 1000.0)
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise DataError(f"{path}: the image breaks off ({first_line(err)})") from None
+    return times[:-1]
+
+
 def is_animated(path: str | Path) -> bool:
     """Whether an image file holds more than one frame. PIL answers from the header (APNG, WebP) or by finding a
     second frame (GIF), without decoding or counting the rest."""
