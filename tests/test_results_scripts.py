@@ -117,6 +117,20 @@ def test_plateau_puts_smec_against_each_method_seed_by_seed(tmp_path):
     assert plateau.difference([], [], 2) == "-"
 
 
+def test_plateau_curves_give_a_method_one_colour_and_dash_its_second_line(tmp_path):
+    plateau = load("plateau")
+    curve = [40.0 + e for e in range(12)]
+    for label in ("smec", "eac", "eac-official"):
+        fake_run(tmp_path, "plateau", label, 0, curve, curve)
+    rows = plateau.ordered(plateau.runs(tmp_path / "plateau"))
+    drawn = plateau.plot_curves([(f"{name}, {recipe}", cells, recipe == "official") for name, recipe, cells in rows],
+                                tmp_path / "c.png", "title")
+    (smec, smec_style, smec_colour), (_, eac_style, eac_colour), (label, style, colour) = drawn
+    assert smec.startswith("SMEC, shared") and label == "EAC, official (seed 0)"
+    assert (smec_style, eac_style, style) == ("-", "-", "--")
+    assert colour == eac_colour != smec_colour
+
+
 def test_plateau_refuses_an_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match="no finished run"):
         load("plateau").write_tables(tmp_path)

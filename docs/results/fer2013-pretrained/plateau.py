@@ -252,15 +252,22 @@ def ordered(found: dict[str, list[dict]]) -> list[tuple[str, str, list[dict]]]:
     return [(VARIANTS[label][0], VARIANTS[label][1], found[label]) for label in VARIANTS if label in found]
 
 
-def plot_curves(series: list[tuple[str, list[dict]]], path: Path, title: str, cut: int | None = 10) -> None:
-    """Test accuracy by epoch, mean (line) and min-max over seeds (band), one line per (name, runs)."""
+def plot_curves(series: list[tuple[str, list[dict], bool]], path: Path, title: str,
+                cut: int | None = 10) -> list[tuple[str, str, str]]:
+    """Test accuracy by epoch, mean (line) and min-max over seeds (band), one line per (name, runs, dashed); a
+    method's lines share a colour (a method is what its name has before the first comma), the dashed one (its
+    authors' recipe, or the other image size) told apart by its style. The legend stands right of the axes, clear
+    of the lines. Returns each line's (legend label, line style, colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for name, cells in series:
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours: dict[str, str] = {}
+    drawn = []
+    for name, cells, dashed in series:
         epochs = max(len(m["history"]) for m in cells)
         xs, mean, low, high = [], [], [], []
         for e in range(epochs):
@@ -270,8 +277,11 @@ def plot_curves(series: list[tuple[str, list[dict]]], path: Path, title: str, cu
             low.append(min(values))
             high.append(max(values))
         seeds = ",".join(str(m["config"]["seed"]) for m in cells)
-        line, = ax.plot(xs, mean, label=f"{name} (seed{'s' if len(cells) > 1 else ''} {seeds})", lw=1.6)
+        colour = colours.setdefault(name.split(",")[0], palette[len(colours) % len(palette)])
+        line, = ax.plot(xs, mean, label=f"{name} (seed{'s' if len(cells) > 1 else ''} {seeds})", lw=1.6,
+                        ls="--" if dashed else "-", color=colour)
         ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, lw=0)
+        drawn.append((line.get_label(), line.get_linestyle(), line.get_color()))
     if cut is not None:
         ax.axvline(cut, color="grey", ls="--", lw=1)
         ax.text(cut + 0.2, ax.get_ylim()[0] + 0.5, f"{cut}-epoch runs stop here", color="grey", fontsize=8)
@@ -279,10 +289,11 @@ def plot_curves(series: list[tuple[str, list[dict]]], path: Path, title: str, cu
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return drawn
 
 
 NOTE = ("FER2013, pretrained regime, 40 % noise; mean ± sample std over the seeds named (one value where one seed "
@@ -329,7 +340,8 @@ def write_tables(root: Path) -> str:
             text = against_table((f"SMEC at {size}", mine[0]), others, epochs) if mine else ""
             if text:
                 parts.append(f"## SMEC against EAC and ELR at {size}, {epochs} epochs\n\n{text}\n")
-        plot_curves([(name, cells) for name, _, cells in pairs if cells], root / "size192.png",
+        plot_curves([(name, cells, name.endswith("96 px")) for name, _, cells in pairs if cells],
+                    root / "size192.png",
                     "FER2013, pretrained regime, 40 % noise: 192 px against 96 px (mean, min-max over seeds)")
     repeat = repeat_table(root, plateau)
     if repeat:
@@ -341,7 +353,8 @@ def write_tables(root: Path) -> str:
         parts.append("## SCN's relabelling by epoch (mean over seeds)\n\n" + relabel)
     text = "".join(parts)
     (root / "plateau.md").write_text(text, encoding="utf-8")
-    plot_curves([(f"{name}, {recipe}", cells) for name, recipe, cells in rows], root / "plateau.png",
+    plot_curves([(f"{name}, {recipe}", cells, recipe == "official") for name, recipe, cells in rows],
+                root / "plateau.png",
                 "FER2013, pretrained regime, 40 % noise: test accuracy by epoch (mean, min-max over seeds)")
     return text
 
