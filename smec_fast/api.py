@@ -386,12 +386,12 @@ def sweep(methods: str | Sequence[str], noise_rates: str | Sequence[float], out:
 
     spec = methods if isinstance(methods, str) else ",".join(methods)
     rates = parse_floats(noise_rates if isinstance(noise_rates, str) else ",".join(map(str, noise_rates)),
-                         "noise_rates")
-    seed_list = parse_ints(seeds if isinstance(seeds, str) else ",".join(map(str, seeds)), "seeds")
+                         "sweep() noise_rates")
+    seed_list = parse_ints(seeds if isinstance(seeds, str) else ",".join(map(str, seeds)), "sweep() seeds")
     base = load_config_file(config) if config is not None else {}
     base.update(option_values(options, "sweep()"))
     call = f"smec_fast.sweep(methods={spec!r}, noise_rates={rates}, seeds={seed_list}, out={str(out)!r}, ...)"
-    return run_sweep(base, parse_variants(spec), rates, seed_list, out, command=call)
+    return run_sweep(base, parse_variants(spec, "sweep() methods"), rates, seed_list, out, command=call)
 
 
 def read_sweep(out: str | Path) -> list[dict]:

@@ -38,34 +38,35 @@ class Variant:
     overrides: dict = field(default_factory=dict)
 
 
-def parse_variants(spec: str) -> list[Variant]:
-    """'ce,smec:grid=2x2:label=split4' -> variants; labels must be unique."""
+def parse_variants(spec: str, option: str = "--methods") -> list[Variant]:
+    """'ce,smec:grid=2x2:label=split4' -> variants; labels must be unique. Errors name `option`, where the spec
+    came from."""
     variants = []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         method, *options = item.split(":")
         if method not in method_names():
-            raise ConfigError(f"--methods: unknown method {method!r} (choose from {', '.join(method_names())})")
+            raise ConfigError(f"{option}: unknown method {method!r} (choose from {', '.join(method_names())})")
         raw, label = {}, method
-        for option in options:
-            key, sep, value = option.partition("=")
+        for setting in options:
+            key, sep, value = setting.partition("=")
             key = key.strip().replace("-", "_")
             if not sep:
-                raise ConfigError(f"--methods: expected key=value after ':' in {item!r}, got {option!r}")
+                raise ConfigError(f"{option}: expected key=value after ':' in {item!r}, got {setting!r}")
             if key == "label":
                 label = value
                 continue
             if key in ("method", "noise_rate", "seed", "out"):
-                raise ConfigError(f"--methods: {key} is set by the sweep itself, not per method ({item!r})")
+                raise ConfigError(f"{option}: {key} is set by the sweep itself, not per method ({item!r})")
             raw[key] = value
-        overrides = option_values(raw, f"--methods {item!r}")
+        overrides = option_values(raw, f"{option} {item!r}")
         if label == method and overrides:
             label = item.replace(":", "-").replace("=", "")
         variants.append(Variant(label, method, overrides))
     if not variants:
-        raise ConfigError("--methods: no method given")
+        raise ConfigError(f"{option}: no method given")
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"--methods: labels repeat ({', '.join(labels)}); give each variant a :label=NAME")
+        raise ConfigError(f"{option}: labels repeat ({', '.join(labels)}); give each variant a :label=NAME")
     return variants
 
 

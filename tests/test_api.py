@@ -133,14 +133,16 @@ def test_bad_input_raises_the_projects_errors_and_writes_nothing(trained, tmp_pa
         (lambda: smec_fast.train(dataset="folder", data=str(tmp_path / "no-faces"), out=str(tmp_path / "c")),
          smec_fast.DataError, "no-faces"),
         (lambda: smec_fast.sweep(methods="ce,magic", noise_rates=[0.2], out=tmp_path / "d"), smec_fast.ConfigError,
-         "unknown method 'magic'"),
+         r"^sweep\(\) methods: unknown method 'magic'"),
+        (lambda: smec_fast.sweep(methods="ce", noise_rates=[0.2], seeds="one", out=tmp_path / "f"),
+         smec_fast.ConfigError, r"^sweep\(\) seeds must be a comma-separated list of integers, got 'one'"),
         (lambda: smec_fast.read_sweep(tmp_path / "e"), smec_fast.DataError, "sweep.json: no such file"),
     ]
     for call, kind, message in cases:
         with pytest.raises(kind, match=message):
             call()
     assert issubclass(kind, smec_fast.SmecFastError)
-    assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written by a failed call
+    assert not any((tmp_path / name).exists() for name in "abcdef")  # nothing written by a failed call
     unreadable = tmp_path / "broken.png"
     unreadable.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (result,) = model.predict(unreadable, skip_bad=True)
