@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import subprocess
 import sys
 
 import pytest
@@ -20,6 +21,12 @@ def load(name: str):
     finally:
         sys.path.remove(str(PRETRAINED))
     return module
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "docs" / "results").glob("*/*.sh")), ids=lambda p: p.parent.name)
+def test_the_experiment_scripts_parse(script):
+    checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
 
 
 def fake_run(root, folder, label, seed, test, val, auroc=0.8, relabel=None, checkpoint=False, cpu=None):
