@@ -92,6 +92,7 @@ def test_plateau_shows_192_px_beside_its_96_px_twins_and_scn_relabelling(tmp_pat
     size = text.split("## 192 px against 96 px, 20 epochs each")[1].split("##")[0]
     assert "| SMEC, 192 px | shared (the paper's) | 0 | 60.00 | 50.00 | 60.00 | 60.00 | 0.950 |" in size
     assert "| SMEC, 96 px | shared (the paper's) | 0 | 59.00 | 49.00 | 59.00 | 59.00 | - |" in size
+    assert "| EAC, 192 px | shared | 0 | 20 | 1 (58.00) | 1 (58.00) | not recorded |" in text  # best epochs
     large = text.split("## SMEC against EAC and ELR at 192 px, 20 epochs")[1].split("##")[0]
     assert "| EAC, 192 px | shared | 0 | +2.00 (1 of 1) | +2.00 (1 of 1) | +2.00 (1 of 1) | +2.00 (1 of 1) | " \
            "+0.050 (1 of 1) |" in large

@@ -322,7 +322,8 @@ def write_tables(root: Path) -> str:
             text = against_table(("SMEC", smec[0]), others, cut)
             if text:
                 parts.append(f"## SMEC against each method after {cut} epochs\n\n{text}\n")
-    parts.append("## Best epochs of each run\n\n" + best_epochs_table(rows) + "\n")
+    large = [(f"{name}, 192 px", recipe, cells) for name, recipe, cells in ordered(size192)]
+    parts.append("## Best epochs of each run\n\n" + best_epochs_table(rows + large) + "\n")
     if size192:
         pairs = []
         for label in (label for label in VARIANTS if label in size192):
