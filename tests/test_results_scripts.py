@@ -56,7 +56,9 @@ def test_plateau_cuts_each_run_at_every_epoch_count_and_extends_the_unpeaked(tmp
     fake_run(tmp_path, "plateau", "smec", 0, rising, rising, auroc=0.9, checkpoint=True)
     fake_run(tmp_path, "plateau", "smec", 1, [v + 2 for v in rising], rising, auroc=0.7)
     fake_run(tmp_path, "plateau", "eac", 0, peaked, peaked)
+    fake_run(tmp_path, "plateau", "eac", 1, [v + 1 for v in peaked], peaked)
     fake_run(tmp_path, "plateau", "ce", 0, peaked, peaked)  # never extended: not SMEC or EAC
+    fake_run(tmp_path, "plateau", "ce", 1, peaked, peaked)
 
     todo = plateau.extend(tmp_path, seeds={0}, last=3)
     assert todo == [("smec", 0)]
@@ -70,7 +72,7 @@ def test_plateau_cuts_each_run_at_every_epoch_count_and_extends_the_unpeaked(tmp
     # SMEC at 10 epochs: final 49 and 51 (mean 50, std 1.41), selected = final (validation rises), no AUROC yet
     assert "| SMEC | shared (the paper's) | 0, 1 | 50.00 ± 1.41 | 40.00 ± 1.41 | 50.00 ± 1.41 | 50.00 ± 1.41 | - |" \
         in after10
-    assert "| EAC | shared | 0 | 45.00 | 35.00 | 50.00 | 50.00 | - |" in after10
+    assert "| EAC | shared | 0, 1 | 45.50 ± 0.71 | 35.50 ± 0.71 | 50.50 ± 0.71 | 50.50 ± 0.71 | - |" in after10
     after30 = text.split("## After 30 epochs")[1].split("##")[0]
     assert "| 0.800 ± 0.141 |" in after30  # the AUROC at the runs' last epoch
     assert "## After 45 epochs" not in text
@@ -111,14 +113,16 @@ def test_plateau_puts_smec_against_each_method_seed_by_seed(tmp_path):
     fake_run(tmp_path, "plateau", "smec", 1, [62.0] * 30, [62.0] * 30, auroc=0.8)
     fake_run(tmp_path, "plateau", "eac", 0, [55.0] * 30, [55.0] * 30, auroc=0.85)
     fake_run(tmp_path, "plateau", "eac", 1, [55.5] * 30, [55.5] * 30, auroc=0.85)
+    fake_run(tmp_path, "plateau", "ce", 0, [63.0] * 30, [63.0] * 30, auroc=0.7)
     fake_run(tmp_path, "plateau", "ce", 1, [63.0] * 30, [63.0] * 30, auroc=0.7)
     text = plateau.write_tables(tmp_path)
     after30 = text.split("## SMEC against each method after 30 epochs")[1].split("##")[0]
     # differences 5 and 6.5, mean 5.75; spreads sqrt(2) and sqrt(0.125), their mean 0.884: 6.5 spreads
     assert ("| EAC | shared | 0, 1 | +5.75 (2 of 2; +6.5 spreads) | +5.75 (2 of 2; +6.5 spreads) | "
             "+5.75 (2 of 2; +6.5 spreads) | +5.75 (2 of 2; +6.5 spreads) | +0.000 (1 of 2; +0.0 spreads) |") in after30
-    assert "| CE | shared | 1 | -1.00 (0 of 1) | -1.00 (0 of 1) | -1.00 (0 of 1) | -1.00 (0 of 1) | +0.100 (1 of 1) |" \
-        in after30
+    # differences -3 and -1 against spreads sqrt(2) and 0: -2.8 spreads; AUROC +0.2 and +0.1 against 0.0707 and 0
+    assert ("| CE | shared | 0, 1 | -2.00 (0 of 2; -2.8 spreads) | -2.00 (0 of 2; -2.8 spreads) | "
+            "-2.00 (0 of 2; -2.8 spreads) | -2.00 (0 of 2; -2.8 spreads) | +0.150 (2 of 2; +4.2 spreads) |") in after30
     after10 = text.split("## SMEC against each method after 10 epochs")[1].split("##")[0]
     assert "| EAC | shared | 0, 1 | +5.75 (2 of 2; +6.5 spreads) |" in after10 and after10.count("| - |") == 2
     assert plateau.difference([1.0, 1.0], [0.0, 0.0], 2) == "+1.00 (2 of 2; no spread)"
@@ -137,6 +141,23 @@ def test_plateau_curves_give_a_method_one_colour_and_dash_its_second_line(tmp_pa
     assert smec.startswith("SMEC, shared") and label == "EAC, official (seed 0)"
     assert (smec_style, eac_style, style) == ("-", "-", "--")
     assert colour == eac_colour != smec_colour
+
+
+def test_plateau_leaves_out_a_seed_until_every_variant_has_finished_it(tmp_path):
+    plateau = load("plateau")
+    fake_run(tmp_path, "plateau", "smec", 0, [60.0] * 30, [60.0] * 30)
+    fake_run(tmp_path, "plateau", "smec", 1, [70.0] * 30, [70.0] * 30)  # a sitting ended before EAC's seed 1
+    fake_run(tmp_path, "plateau", "eac", 0, [55.0] * 30, [55.0] * 30)
+    fake_run(tmp_path, "size192", "smec", 0, [50.0] * 20, [50.0] * 20)
+    fake_run(tmp_path, "size192", "eac", 0, [48.0] * 20, [48.0] * 20)
+    fake_run(tmp_path, "size192", "eac", 1, [49.0] * 20, [49.0] * 20)
+    text = plateau.write_tables(tmp_path)
+    assert ("Left out until every variant of their table has finished the seed: SMEC, shared (the paper's), "
+            "seed 1; EAC, shared, seed 1 at 192 px.") in text
+    after30 = text.split("## After 30 epochs")[1].split("##")[0]
+    assert "| SMEC | shared (the paper's) | 0 | 60.00 | 50.00 | 60.00 | 60.00 | 0.800 |" in after30
+    assert "| EAC, 192 px | shared | 0 | 48.00 |" in text and "70.00" not in text and "49.00" not in text
+    assert plateau.same_seeds({}) == ({}, [])
 
 
 def test_plateau_refuses_an_empty_folder(tmp_path):
@@ -161,6 +182,8 @@ def test_plateau_compares_the_first_epochs_with_the_ten_epoch_runs(tmp_path):
     fake_run(tmp_path, "plateau", "scn-official", 0, curve, curve)
     fake_run(tmp_path, "baselines", "scn-official", 0, curve[:10], [v - 1 for v in curve[:10]])
     fake_run(tmp_path, "plateau", "ce", 0, curve, curve)  # no 10-epoch run to compare with
+    for label in ("scn-official", "ce"):  # every variant on seeds 0 and 1 (same_seeds)
+        fake_run(tmp_path, "plateau", label, 1, curve, curve)
     everything = plateau.write_tables(tmp_path)
     assert "| SMEC | shared (the paper's) | 0 | 30 | 30 (69.00) | 30 (69.00) | Intel(R) Xeon(R) Processor (family 6, " \
            "model 167), AMX and AVX512-BF16 |" in everything
