@@ -88,34 +88,28 @@ def fmt(values: list[float | None], digits: int = 2) -> str:
     return ablation_fmt(present, digits) if present else "-"
 
 
+METRICS = (("final", "final acc.", 2), ("balanced", "balanced acc.", 2), ("selected", "selected acc.", 2),
+           ("best", "best acc.", 2), ("auroc", "noise AUROC", 3))  # (at_cut's key, column, digits)
+
+
+def cut_by_seed(cells: list[dict], cut: int) -> dict[int, dict]:
+    """seed -> the run's figures at `cut` epochs (at_cut), in seed order; runs shorter than `cut` left out."""
+    figures = {m["config"]["seed"]: at_cut(m, cut) for m in cells}
+    return {seed: f for seed, f in figures.items() if f is not None}
+
+
 def figures_table(rows: list[tuple[str, str, list[dict]]], cut: int) -> str:
     """One table like baselines.md for the runs cut at `cut` epochs; rows whose runs are shorter are left out."""
-    head = ["method", "recipe", "seeds", "final acc.", "balanced acc.", "selected acc.", "best acc.", "noise AUROC"]
+    head = ["method", "recipe", "seeds", *(title for _, title, _ in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, recipe, cells in rows:
-        cut_cells = [(m["config"]["seed"], at_cut(m, cut)) for m in cells]
-        cut_cells = [(seed, f) for seed, f in cut_cells if f is not None]
-        if not cut_cells:
+        figures = cut_by_seed(cells, cut)
+        if not figures:
             continue
-        figures = [f for _, f in cut_cells]
-        lines.append("| " + " | ".join([
-            name, recipe, ", ".join(str(seed) for seed, _ in cut_cells),
-            *(fmt([f[key] for f in figures]) for key in ("final", "balanced", "selected", "best")),
-            fmt([f["auroc"] for f in figures], 3)]) + " |")
+        lines.append("| " + " | ".join([name, recipe, ", ".join(map(str, figures)),
+                                        *(fmt([f[key] for f in figures.values()], digits)
+                                          for key, _, digits in METRICS)]) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
-
-
-METRICS = (("final", "final acc.", 2), ("balanced", "balanced acc.", 2), ("selected", "selected acc.", 2),
-           ("best", "best acc.", 2), ("auroc", "noise AUROC", 3))
-
-
-def paired(mine: list[dict], theirs: list[dict], cut: int, key: str) -> tuple[list[float], list[float]]:
-    """The two rows' figures `key` at `cut` epochs, on the seeds both ran to it and have the figure for, in seed
-    order."""
-    a = {m["config"]["seed"]: (at_cut(m, cut) or {}).get(key) for m in mine}
-    b = {m["config"]["seed"]: (at_cut(m, cut) or {}).get(key) for m in theirs}
-    seeds = sorted(s for s in a.keys() & b.keys() if a[s] is not None and b[s] is not None)
-    return [a[s] for s in seeds], [b[s] for s in seeds]
 
 
 def difference(mine: list[float], theirs: list[float], digits: int) -> str:
@@ -133,16 +127,21 @@ def difference(mine: list[float], theirs: list[float], digits: int) -> str:
 
 def against_table(reference: tuple[str, list[dict]], others: list[tuple[str, str, list[dict]]], cut: int) -> str:
     """One row per other method: the reference row's figures minus its, at `cut` epochs, metric by metric
-    (difference), on the seeds both ran; rows with no common seed at that cut are left out."""
+    (difference), on the seeds both ran to it (and, for each metric, have it); rows with no common seed at that
+    cut are left out."""
     name, mine = reference
+    ours = cut_by_seed(mine, cut)
     head = ["against", "recipe", "seeds", *(title for _, title, _ in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for other, recipe, theirs in others:
-        seeds = sorted({m["config"]["seed"] for m in mine if at_cut(m, cut)}
-                       & {m["config"]["seed"] for m in theirs if at_cut(m, cut)})
+        them = cut_by_seed(theirs, cut)
+        seeds = sorted(ours.keys() & them.keys())
         if not seeds:
             continue
-        cells = [difference(*paired(mine, theirs, cut, key), digits) for key, _, digits in METRICS]
+        cells = []
+        for key, _, digits in METRICS:
+            both = [s for s in seeds if ours[s][key] is not None and them[s][key] is not None]
+            cells.append(difference([ours[s][key] for s in both], [them[s][key] for s in both], digits))
         lines.append(f"| {other} | {recipe} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ""
@@ -306,7 +305,7 @@ NOTE = ("FER2013, pretrained regime, 40 % noise; mean ± sample std over the see
 
 def same_seeds(found: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], list[str]]:
     """Each label's runs of the seeds that every label has finished, and the runs left out for now ("SMEC,
-    shared (the paper's), seed 1" or "smec seed 1" for a label VARIANTS does not name): a sitting that ends
+    shared (the paper's), seed 1"; the label itself where VARIANTS does not name it): a sitting that ends
     part-way through a seed does not put one method's mean over more seeds than another's."""
     if not found:
         return {}, []
@@ -323,7 +322,8 @@ def write_tables(root: Path) -> str:
     size192, waiting192 = same_seeds(runs(root / "size192"))
     if not plateau:
         raise SystemExit(f"{root / 'plateau'}: no finished run yet")
-    rows = ordered(merged(plateau, longer))
+    found = merged(plateau, longer)
+    rows = ordered(found)
     parts = [NOTE]
     if waiting or waiting192:
         parts.append("Left out until every variant of their table has finished the seed: "
@@ -332,30 +332,27 @@ def write_tables(root: Path) -> str:
         text = figures_table(rows, cut)
         if text:
             parts.append(f"## After {cut} epochs\n\n{text}\n")
-    smec = [cells for name, recipe, cells in rows if name == "SMEC"]
-    if smec:
+    if "smec" in found:
         others = [row for row in rows if row[0] != "SMEC"]
         for cut in (10, 30):
-            text = against_table(("SMEC", smec[0]), others, cut)
+            text = against_table(("SMEC", found["smec"]), others, cut)
             if text:
                 parts.append(f"## SMEC against each method after {cut} epochs\n\n{text}\n")
     large = [(f"{name}, 192 px", recipe, cells) for name, recipe, cells in ordered(size192)]
     parts.append("## Best epochs of each run\n\n" + best_epochs_table(rows + large) + "\n")
     if size192:
-        pairs = []
-        for label in (label for label in VARIANTS if label in size192):
-            name, recipe, _ = VARIANTS[label]
-            cells = size192[label]
-            twins = [m for m in plateau.get(label, []) if m["config"]["seed"] in {c["config"]["seed"] for c in cells}]
-            pairs += [(f"{name}, 192 px", recipe, cells), (f"{name}, 96 px", recipe, twins)]
+        seeds = {m["config"]["seed"] for cells in size192.values() for m in cells}  # the same for every label
+        twins = {label: [m for m in plateau.get(label, []) if m["config"]["seed"] in seeds] for label in size192}
+        sizes = (("192 px", size192), ("96 px", twins))
+        pairs = [(f"{VARIANTS[label][0]}, {size}", VARIANTS[label][1], group[label])
+                 for label in VARIANTS if label in size192 for size, group in sizes]
         epochs = min(len(m["history"]) for cells in size192.values() for m in cells)
         parts.append(f"## 192 px against 96 px, {epochs} epochs each\n\n"
                      "The 96 px rows are the 30-epoch runs cut at the 192 px runs' epoch count.\n\n"
                      + figures_table(pairs, epochs) + "\n")
-        for size in ("192 px", "96 px"):
-            mine = [cells for name, _, cells in pairs if name == f"SMEC, {size}"]
+        for size, group in sizes:
             others = [row for row in pairs if row[0].endswith(size) and not row[0].startswith("SMEC")]
-            text = against_table((f"SMEC at {size}", mine[0]), others, epochs) if mine else ""
+            text = against_table((f"SMEC at {size}", group["smec"]), others, epochs) if group.get("smec") else ""
             if text:
                 parts.append(f"## SMEC against EAC and ELR at {size}, {epochs} epochs\n\n{text}\n")
         plot_curves([(name, cells, name.endswith("96 px")) for name, _, cells in pairs if cells],
