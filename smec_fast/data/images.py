@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ from PIL import Image, ImageOps, ImageSequence
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from smec_fast.errors import DataError, first_line
+
+T = TypeVar("T")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -229,34 +231,32 @@ def decode_rgb(source: str | Path | Image.Image, orientation: str = "displayed",
             raise DataError(f"{path}: cannot decode image ({first_line(err)})") from None
 
 
-def frames(path: str | Path) -> Iterator[tuple[Image.Image, float]]:
-    """(8-bit RGB frame, its time in seconds) of every frame of an animated image (GIF, WebP, APNG), each turned
-    as the file's orientation says; a still image gives one frame at time 0."""
+def _timed_frames(path: str | Path, convert: Callable[[Image.Image, bool], T]) -> Iterator[tuple[T, float]]:
+    """(convert(frame, whether the file's orientation turns it), its start time in seconds) of every frame of an
+    animated image, times from the frames' durations; a decoding error becomes a DataError naming the file."""
     image = open_image(path)
     t = 0.0
     try:
         with image:
-            transpose = image.getexif().get(0x0112, 1) != 1
+            turned = image.getexif().get(0x0112, 1) != 1
             for frame in ImageSequence.Iterator(image):
-                picture = to_rgb8(frame.copy() if not transpose else ImageOps.exif_transpose(frame.copy()))
-                yield picture, t
+                yield convert(frame, turned), t
                 t += float(frame.info.get("duration", 100) or 100) / 1000.0
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise DataError(f"{path}: the image breaks off ({first_line(err)})") from None
 
 
+def frames(path: str | Path) -> Iterator[tuple[Image.Image, float]]:
+    """(8-bit RGB frame, its time in seconds) of every frame of an animated image (GIF, WebP, APNG), each turned
+    as the file's orientation says; a still image gives one frame at time 0."""
+    return _timed_frames(path, lambda frame, turned: to_rgb8(
+        ImageOps.exif_transpose(frame.copy()) if turned else frame.copy()))
+
+
 def frame_times(path: str | Path) -> list[float]:
-    """The time in seconds at which each frame of an animated image starts, from the frames' durations (what
-    `frames` gives beside each frame), without converting or turning any frame; a still image gives [0.0]."""
-    image = open_image(path)
-    times = [0.0]
-    try:
-        with image:
-            for frame in ImageSequence.Iterator(image):
-                times.append(times[-1] + float(frame.info.get("duration", 100) or 100) / 1000.0)
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise DataError(f"{path}: the image breaks off ({first_line(err)})") from None
-    return times[:-1]
+    """The time in seconds at which each frame of an animated image starts (what `frames` gives beside each
+    frame), without converting or turning any frame; a still image gives [0.0]."""
+    return [t for _, t in _timed_frames(path, lambda frame, turned: None)]
 
 
 def is_animated(path: str | Path) -> bool:
