@@ -165,6 +165,14 @@ def test_plateau_refuses_an_empty_folder(tmp_path):
         load("plateau").write_tables(tmp_path)
 
 
+def test_plateau_says_when_the_finished_runs_share_no_seed(tmp_path):
+    fake_run(tmp_path, "plateau", "smec", 0, [60.0] * 30, [60.0] * 30)
+    fake_run(tmp_path, "plateau", "eac", 1, [55.0] * 30, [55.0] * 30)
+    with pytest.raises(SystemExit, match=r"no seed is finished by every variant yet; finished: EAC, shared, "
+                                         r"seed 1; SMEC, shared \(the paper's\), seed 0"):
+        load("plateau").write_tables(tmp_path)
+
+
 def test_plateau_compares_the_first_epochs_with_the_ten_epoch_runs(tmp_path):
     plateau = load("plateau")
     curve = [40.0 + e for e in range(30)]

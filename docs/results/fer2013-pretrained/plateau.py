@@ -317,11 +317,15 @@ def same_seeds(found: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], lis
 
 
 def write_tables(root: Path) -> str:
-    plateau, waiting = same_seeds(runs(root / "plateau"))
+    finished = runs(root / "plateau")
+    if not finished:
+        raise SystemExit(f"{root / 'plateau'}: no finished run yet")
+    plateau, waiting = same_seeds(finished)
+    if not plateau:
+        raise SystemExit(f"{root / 'plateau'}: no seed is finished by every variant yet; finished: "
+                         + "; ".join(waiting))
     longer = runs(root / "plateau45")
     size192, waiting192 = same_seeds(runs(root / "size192"))
-    if not plateau:
-        raise SystemExit(f"{root / 'plateau'}: no finished run yet")
     found = merged(plateau, longer)
     rows = ordered(found)
     parts = [NOTE]
