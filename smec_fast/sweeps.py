@@ -77,6 +77,8 @@ def _parse_list(spec: str, option: str, kind, what: str) -> list:
         raise ConfigError(f"{option} must be a comma-separated list of {what}, got {spec!r}") from None
     if not values:
         raise ConfigError(f"{option}: no value given")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{option}: values repeat ({spec})")
     return values
 
 
@@ -94,7 +96,10 @@ def cell_dir(out: Path, label: str, noise_rate: float, seed: int) -> Path:
 
 def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], seeds: list[int], out: str | Path,
               command: str = "") -> dict:
-    """Train every cell that has no metrics.json yet, then write the summaries. Returns sweep.json's content."""
+    """Train every cell that has no metrics.json yet, then write the summaries. Returns sweep.json's content.
+
+    Cells train seed by seed (each seed's noise rates, each rate's variants), so a sweep cut short leaves every
+    variant on the same seeds; sweep.json and the tables list them variant by variant."""
     import json
 
     from smec_fast.trainer import train
@@ -105,24 +110,32 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
         if key in base:
             raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each cell; use --methods, "
                               f"--noise-rates, --seeds and --out")
-    configs = []
-    for variant in variants:
-        for rate in noise_rates:
-            for seed in seeds:
-                cell = {**variant.overrides, "method": variant.method, "noise_rate": rate, "seed": seed,
-                        "out": str(cell_dir(out, variant.label, rate, seed)), "resume": True}
-                # the variant's options override the sweep's, as the command line overrides a config file
-                cfg = resolve_config(file_values=base, cli_values=cell)
-                configs.append((variant, rate, seed, cfg))  # validate all first
-    cells = []
-    for i, (variant, rate, seed, cfg) in enumerate(configs, start=1):
+    grid = [(variant, rate, seed) for variant in variants for rate in noise_rates for seed in seeds]
+    configs = {}  # (label, rate, seed) -> the cell's config, all validated before the first cell trains
+    for variant, rate, seed in grid:
+        cell = {**variant.overrides, "method": variant.method, "noise_rate": rate, "seed": seed,
+                "out": str(cell_dir(out, variant.label, rate, seed)), "resume": True}
+        # the variant's options override the sweep's, as the command line overrides a config file
+        configs[variant.label, rate, seed] = resolve_config(file_values=base, cli_values=cell)
+    folders = [cfg.out for cfg in configs.values()]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"--noise-rates: rates that round to the same percentage would share a folder "
+                          f"({', '.join(map(str, noise_rates))})")
+    finished = {}
+    training_order = [(variant, rate, seed) for seed in seeds for rate in noise_rates for variant in variants]
+    for i, (variant, rate, seed) in enumerate(training_order, start=1):
+        cfg = configs[variant.label, rate, seed]
         metrics_path = Path(cfg.out) / "metrics.json"
         if metrics_path.exists():
             log.info("[%d/%d] %s noise %.2f seed %d: done, skipped", i, len(configs), variant.label, rate, seed)
-            metrics = json.loads(metrics_path.read_text())
+            finished[cfg.out] = json.loads(metrics_path.read_text())
         else:
             log.info("[%d/%d] %s noise %.2f seed %d", i, len(configs), variant.label, rate, seed)
-            metrics = train(cfg)
+            finished[cfg.out] = train(cfg)
+    cells = []
+    for variant, rate, seed in grid:
+        cfg = configs[variant.label, rate, seed]
+        metrics = finished[cfg.out]
         cells.append({"label": variant.label, "method": variant.method, "overrides": variant.overrides,
                       "noise_rate": rate, "seed": seed, "out": cfg.out,
                       **{k: metrics[k] for k in CELL_KEYS if k in metrics},

@@ -73,8 +73,25 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     assert trained == []
     (out / "ce" / "noise50" / "seed0" / "metrics.json").unlink()
+    (out / "height" / "noise00" / "seed0" / "metrics.json").unlink()
     assert main(argv) == 0
-    assert trained == [str(out / "ce" / "noise50" / "seed0")]
+    # seed by seed, each seed's rates in turn, each rate's variants in turn
+    assert trained == [str(out / "height" / "noise00" / "seed0"), str(out / "ce" / "noise50" / "seed0")]
+    again = json.loads((out / "sweep.json").read_text())
+    assert [(c["label"], c["noise_rate"]) for c in again["cells"]] == [
+        ("ce", 0.0), ("ce", 0.5), ("height", 0.0), ("height", 0.5)]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--seeds", "0,1,0", "--seeds: values repeat"),
+    ("--noise-rates", "0.4,0.401", "--noise-rates: rates that round to the same percentage"),
+])
+def test_sweep_refuses_cells_that_would_share_a_folder(tmp_path, capsys, option, value, message):
+    argv = ["sweep", "--methods", "ce", "--noise-rates", "0", "--seeds", "0", "--out", str(tmp_path / "s"), *TINY]
+    argv[argv.index(option) + 1] = value
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_sweep_refuses_per_cell_options(tmp_path, capsys):
