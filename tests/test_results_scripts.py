@@ -168,8 +168,8 @@ def test_plateau_refuses_an_empty_folder(tmp_path):
 def test_plateau_says_when_the_finished_runs_share_no_seed(tmp_path):
     fake_run(tmp_path, "plateau", "smec", 0, [60.0] * 30, [60.0] * 30)
     fake_run(tmp_path, "plateau", "eac", 1, [55.0] * 30, [55.0] * 30)
-    with pytest.raises(SystemExit, match=r"no seed is finished by every variant yet; finished: EAC, shared, "
-                                         r"seed 1; SMEC, shared \(the paper's\), seed 0"):
+    with pytest.raises(SystemExit, match=r"no seed is finished by every variant yet; finished: SMEC, shared "
+                                         r"\(the paper's\), seed 0; EAC, shared, seed 1"):
         load("plateau").write_tables(tmp_path)
 
 

@@ -304,15 +304,17 @@ NOTE = ("FER2013, pretrained regime, 40 % noise; mean ± sample std over the see
 
 
 def same_seeds(found: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], list[str]]:
-    """Each label's runs of the seeds that every label has finished, and the runs left out for now ("SMEC,
-    shared (the paper's), seed 1"; the label itself where VARIANTS does not name it): a sitting that ends
-    part-way through a seed does not put one method's mean over more seeds than another's."""
+    """Each label's runs of the seeds that every label has finished, and the runs left out for now, in VARIANTS'
+    order ("SMEC, shared (the paper's), seed 1"; the label itself where VARIANTS does not name it): a sitting
+    that ends part-way through a seed does not put one method's mean over more seeds than another's."""
     if not found:
         return {}, []
     seeds = set.intersection(*({m["config"]["seed"] for m in cells} for cells in found.values()))
     kept = {label: [m for m in cells if m["config"]["seed"] in seeds] for label, cells in found.items()}
+    rank = {label: i for i, label in enumerate(VARIANTS)}
     left = [f"{', '.join(VARIANTS[label][:2]) if label in VARIANTS else label}, seed {m['config']['seed']}"
-            for label, cells in found.items() for m in cells if m["config"]["seed"] not in seeds]
+            for label in sorted(found, key=lambda label: rank.get(label, len(rank)))
+            for m in found[label] if m["config"]["seed"] not in seeds]
     return {label: cells for label, cells in kept.items() if cells}, left
 
 
