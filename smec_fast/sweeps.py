@@ -145,7 +145,8 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
     result = {"command": command, "git": revision, "base": base, "class_names": class_names,
               "cells": cells}
     atomic_write_json(out / "sweep.json", result)
-    atomic_write_text(out / "table.md", markdown_table(result))
+    paired = paired_table(result)
+    atomic_write_text(out / "table.md", markdown_table(result) + (f"\n{paired}" if paired else ""))
     save_noise_plot(result, out / "balanced_accuracy.png")
     save_curve_plot(result, out / "curves.png")
     return result
@@ -205,6 +206,63 @@ def markdown_table(result: dict) -> str:
                          f"{_fmt([c.get('selected_accuracy') for c in cells])} | {found} | "
                          + " | ".join(per_class) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_difference(mine: list[float], theirs: list[float], digits: int = 2) -> str:
+    """The mean of mine - theirs, seed by seed (the lists pair up by seed); on how many seeds mine is above; and,
+    from two seeds on, the mean difference in seed spreads (the mean of the two rows' sample standard
+    deviations). "+1.25 (2 of 3; +2.1 spreads)"; "-" where there is no pair."""
+    if not mine:
+        return "-"
+    gap = statistics.fmean(a - b for a, b in zip(mine, theirs, strict=True))
+    text = f"{gap:+.{digits}f} ({sum(a > b for a, b in zip(mine, theirs))} of {len(mine)}"
+    if len(mine) > 1:
+        spread = (statistics.stdev(mine) + statistics.stdev(theirs)) / 2
+        text += f"; {gap / spread:+.1f} spreads" if spread > 0 else "; no spread"
+    return text + ")"
+
+
+PAIRED = (("final_accuracy", "Final acc.", 2), ("final_balanced_accuracy", "Balanced acc.", 2),
+          ("selected_accuracy", "Selected acc.", 2), ("best_accuracy", "Best acc.", 2),
+          ("auroc", "Noise AUROC", 3))  # (the cell's figure, column, digits)
+
+
+def paired_table(result: dict, reference: str | None = None) -> str:
+    """The reference variant (default: the one labelled "smec", else the first SMEC variant) minus every other
+    variant, seed by seed at each noise rate, as paired_difference gives it, on the seeds both finished: with
+    few seeds, how many of them agree says more than two means with their spreads. "" where the sweep has no
+    such reference or nothing to compare it with."""
+    labels = list(dict.fromkeys(c["label"] for c in result["cells"]))
+    if reference is None:
+        smec = [c["label"] for c in result["cells"] if c["method"] == "smec"]
+        reference = "smec" if "smec" in labels else (smec[0] if smec else None)
+    if reference not in labels or len(labels) < 2:
+        return ""
+
+    def figure(cell: dict, key: str) -> float | None:
+        return (cell.get("label_audit") or {}).get("auroc") if key == "auroc" else cell.get(key)
+
+    grouped = groups(result)
+    lines = [f"{reference} minus each variant, seed by seed, then the mean; in brackets: on how many of the seeds "
+             f"{reference} is above, and from two seeds on the mean difference in seed spreads (the mean of the "
+             "two rows' sample standard deviations).", "",
+             "| Against | Noise (%) | Seeds | " + " | ".join(title for _, title, _ in PAIRED) + " |",
+             "|---|---|---|" + "---|" * len(PAIRED)]
+    for rate in sorted({c["noise_rate"] for c in result["cells"]}):
+        ours = {c["seed"]: c for c in grouped.get((reference, rate), [])}
+        for label in labels:
+            theirs = {c["seed"]: c for c in grouped.get((label, rate), [])}
+            seeds = sorted(ours.keys() & theirs.keys())
+            if label == reference or not seeds:
+                continue
+            columns = []
+            for key, _, digits in PAIRED:
+                both = [s for s in seeds if figure(ours[s], key) is not None and figure(theirs[s], key) is not None]
+                columns.append(paired_difference([figure(ours[s], key) for s in both],
+                                                 [figure(theirs[s], key) for s in both], digits))
+            lines.append(f"| {label} | {100 * rate:g} | {', '.join(map(str, seeds))} | " + " | ".join(columns)
+                         + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 4 else ""
 
 
 def _save_figure(fig, path: str | Path) -> None:

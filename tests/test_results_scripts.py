@@ -125,8 +125,6 @@ def test_plateau_puts_smec_against_each_method_seed_by_seed(tmp_path):
             "-2.00 (0 of 2; -2.8 spreads) | -2.00 (0 of 2; -2.8 spreads) | +0.150 (2 of 2; +4.2 spreads) |") in after30
     after10 = text.split("## SMEC against each method after 10 epochs")[1].split("##")[0]
     assert "| EAC | shared | 0, 1 | +5.75 (2 of 2; +6.5 spreads) |" in after10 and after10.count("| - |") == 2
-    assert plateau.difference([1.0, 1.0], [0.0, 0.0], 2) == "+1.00 (2 of 2; no spread)"
-    assert plateau.difference([], [], 2) == "-"
 
 
 def test_plateau_curves_give_a_method_one_colour_and_dash_its_second_line(tmp_path):

@@ -6,7 +6,7 @@ from PIL import Image
 from smec_fast.cli import main
 from smec_fast.errors import ConfigError
 from smec_fast.provenance import source_revision
-from smec_fast.sweeps import markdown_table, mean_std, parse_variants
+from smec_fast.sweeps import markdown_table, mean_std, paired_difference, paired_table, parse_variants
 
 TINY = ["--image-size", "32", "--synthetic-train-size", "96", "--synthetic-test-size", "32", "--batch-size", "32",
         "--epochs", "1", "--progress", "false", "--num-workers", "0"]
@@ -37,6 +37,28 @@ def test_table_gives_mean_and_sample_std_over_seeds():
     assert mean_std([3.0]) == (3.0, 0.0)
 
 
+def test_paired_table_puts_smec_against_each_variant_seed_by_seed():
+    def cell(label, method, seed, final, auroc=None, rate=0.4):
+        return {"label": label, "method": method, "noise_rate": rate, "seed": seed, "final_accuracy": final,
+                "final_balanced_accuracy": final - 10, "best_accuracy": final + 1, "selected_accuracy": None,
+                "label_audit": {"auroc": auroc} if auroc is not None else {}}
+
+    cells = [cell("ce", "ce", 0, 50.0, 0.7), cell("ce", "ce", 1, 52.0, 0.8), cell("ce", "ce", 2, 40.0, 0.6),
+             cell("split4", "smec", 0, 53.0, 0.9), cell("split4", "smec", 1, 51.0, 0.9),
+             cell("ce", "ce", 0, 30.0, rate=0.0)]  # no SMEC run at 0 %: no row there
+    table = paired_table({"cells": cells})
+    # seeds 0, 1 (seed 2 has no SMEC run): differences +3, -1 -> +1.00, above on 1 of 2; sample std of both pairs
+    # (53, 51) and (50, 52) is 1.414, so +1.00 / 1.414 = +0.7 spreads. AUROC: +0.2, +0.1, std (0, 0.0707).
+    assert ("| ce | 40 | 0, 1 | +1.00 (1 of 2; +0.7 spreads) | +1.00 (1 of 2; +0.7 spreads) | - | "
+            "+1.00 (1 of 2; +0.7 spreads) | +0.150 (2 of 2; +4.2 spreads) |") in table
+    assert table.startswith("split4 minus each variant") and "| ce | 0 |" not in table
+    assert paired_table({"cells": cells}, reference="ce").count("| split4 | 40 | 0, 1 | -1.00 (1 of 2") == 1
+    assert paired_table({"cells": [c for c in cells if c["method"] == "ce"]}) == ""
+    assert paired_difference([2.0], [1.0]) == "+1.00 (1 of 1)"
+    assert paired_difference([2.0, 2.0], [1.0, 1.0]) == "+1.00 (2 of 2; no spread)"
+    assert paired_difference([], []) == "-"
+
+
 def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
     # a variant's --split overrides the sweep's --grid
@@ -53,11 +75,16 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     # every run and the sweep record the source they came from (None outside a git checkout)
     assert smec_cell["environment"]["git"] == source_revision() == result["git"]
     assert {c["git"] for c in result["cells"]} == {source_revision()}
-    table = (out / "table.md").read_text()
+    table, paired = (out / "table.md").read_text().split("\nheight minus each variant, seed by seed")
     assert "| height | 50 |" in table and "| ce | 0 |" in table
-    rows = {line.split(" | ")[0] + " " + line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| ")}
+    rows = {line.split(" | ")[0] + " " + line.split(" | ")[1]: line
+            for line in table.splitlines() if line.startswith("| ")}
     assert rows["| ce 0"].split(" | ")[6] == "-"  # no injected noise, nothing to find
     assert 0.0 <= float(rows["| height 50"].split(" | ")[6]) <= 1.0
+    # then the SMEC variant against each other one, at each noise rate
+    ce_cell = json.loads((out / "ce" / "noise50" / "seed0" / "metrics.json").read_text())
+    gap = smec_cell["final_accuracy"] - ce_cell["final_accuracy"]
+    assert f"| ce | 50 | 0 | {gap:+.2f} ({int(gap > 0)} of 1) |" in paired and "| ce | 0 | 0 |" in paired
     smec_history = [h["test"]["accuracy"] for h in smec_cell["history"]]
     assert result["cells"][3]["test_accuracy_by_epoch"] == smec_history and len(smec_history) == 1
     for name in ("balanced_accuracy.png", "curves.png"):

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from ablations import fmt as ablation_fmt
 
+from smec_fast.sweeps import paired_difference
+
 RATE = "noise40"
 # label -> (row name, recipe, the `smec-fast sweep --methods` variant that trains it)
 VARIANTS = {
@@ -112,23 +114,10 @@ def figures_table(rows: list[tuple[str, str, list[dict]]], cut: int) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def difference(mine: list[float], theirs: list[float], digits: int) -> str:
-    """The mean of mine - theirs, seed by seed; on how many seeds mine is above; and, from two seeds on, the mean
-    difference in seed spreads (the mean of the two rows' sample standard deviations over those seeds)."""
-    if not mine:
-        return "-"
-    gap = statistics.fmean(a - b for a, b in zip(mine, theirs))
-    text = f"{gap:+.{digits}f} ({sum(a > b for a, b in zip(mine, theirs))} of {len(mine)}"
-    if len(mine) > 1:
-        spread = (statistics.stdev(mine) + statistics.stdev(theirs)) / 2
-        text += f"; {gap / spread:+.1f} spreads" if spread > 0 else "; no spread"
-    return text + ")"
-
-
 def against_table(reference: tuple[str, list[dict]], others: list[tuple[str, str, list[dict]]], cut: int) -> str:
     """One row per other method: the reference row's figures minus its, at `cut` epochs, metric by metric
-    (difference), on the seeds both ran to it (and, for each metric, have it); rows with no common seed at that
-    cut are left out."""
+    (paired_difference), on the seeds both ran to it (and, for each metric, have it); rows with no common seed
+    at that cut are left out."""
     name, mine = reference
     ours = cut_by_seed(mine, cut)
     head = ["against", "recipe", "seeds", *(title for _, title, _ in METRICS)]
@@ -141,7 +130,7 @@ def against_table(reference: tuple[str, list[dict]], others: list[tuple[str, str
         cells = []
         for key, _, digits in METRICS:
             both = [s for s in seeds if ours[s][key] is not None and them[s][key] is not None]
-            cells.append(difference([ours[s][key] for s in both], [them[s][key] for s in both], digits))
+            cells.append(paired_difference([ours[s][key] for s in both], [them[s][key] for s in both], digits))
         lines.append(f"| {other} | {recipe} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ""
