@@ -377,11 +377,13 @@ def train(config: TrainConfig | str | Path | None = None, **options: Any) -> dic
 
 
 def sweep(methods: str | Sequence[str], noise_rates: str | Sequence[float], out: str | Path,
-          seeds: str | Sequence[int] = (0,), config: str | Path | None = None, **options: Any) -> dict:
+          seeds: str | Sequence[int] = (0,), config: str | Path | None = None, reference: str | None = None,
+          **options: Any) -> dict:
     """Train every cell of a grid of method variants x noise rates x seeds, as `smec-fast sweep` does (finished
     cells skipped, an interrupted one resumed), and write sweep.json, table.md and the plots in `out`. `methods`
-    are variants, `"ce,smec:grid=2x2:label=split4"` or a list of them; `options` go to every run. Returns
-    sweep.json's content: `cells`, one per run with its figures, and the command."""
+    are variants, `"ce,smec:grid=2x2:label=split4"` or a list of them; `reference` is the label of the variant
+    table.md puts against every other one (default: the last); `options` go to every run. Returns sweep.json's
+    content: `cells`, one per run with its figures, and the command."""
     from smec_fast.sweeps import parse_floats, parse_ints, parse_variants, run_sweep
 
     spec = methods if isinstance(methods, str) else ",".join(methods)
@@ -391,7 +393,8 @@ def sweep(methods: str | Sequence[str], noise_rates: str | Sequence[float], out:
     base = load_config_file(config) if config is not None else {}
     base.update(option_values(options, "sweep()"))
     call = f"smec_fast.sweep(methods={spec!r}, noise_rates={rates}, seeds={seed_list}, out={str(out)!r}, ...)"
-    return run_sweep(base, parse_variants(spec, "sweep() methods"), rates, seed_list, out, command=call)
+    return run_sweep(base, parse_variants(spec, "sweep() methods"), rates, seed_list, out, command=call,
+                     reference=reference, option="sweep() reference")
 
 
 def read_sweep(out: str | Path) -> list[dict]:

@@ -193,6 +193,8 @@ def _sweep_parser(sub) -> argparse.ArgumentParser:
     sweep.add_argument("--noise-rates", required=True, help="comma-separated rates, e.g. 0,0.2,0.4,0.6")
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     sweep.add_argument("--out", required=True, help="folder of the sweep")
+    sweep.add_argument("--reference", help="the variant (its label) that table.md puts against every other one, "
+                                           "seed by seed (default: the last in --methods)")
     sweep.add_argument("--config", help="YAML or JSON file of options for every run")
     _add_config_options(sweep, exclude=("method", "noise_rate", "seed", "out", "resume"))
     sweep.set_defaults(func=cmd_sweep)
@@ -456,7 +458,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = load_config_file(args.config) if args.config else {}
     base.update(_config_options(args))
     command = " ".join(["smec-fast", *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
-    result = run_sweep(base, variants, rates, seeds, args.out, command=command)
+    result = run_sweep(base, variants, rates, seeds, args.out, command=command, reference=args.reference)
     print(f"{len(result['cells'])} runs -> {Path(args.out) / 'table.md'}, {Path(args.out) / 'sweep.json'}, "
           f"{Path(args.out) / 'balanced_accuracy.png'}")
     return 0

@@ -95,11 +95,13 @@ def cell_dir(out: Path, label: str, noise_rate: float, seed: int) -> Path:
 
 
 def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], seeds: list[int], out: str | Path,
-              command: str = "") -> dict:
+              command: str = "", reference: str | None = None, option: str = "--reference") -> dict:
     """Train every cell that has no metrics.json yet, then write the summaries. Returns sweep.json's content.
 
     Cells train seed by seed (each seed's noise rates, each rate's variants), so a sweep cut short leaves every
-    variant on the same seeds; sweep.json and the tables list them variant by variant."""
+    variant on the same seeds; sweep.json and the tables list them variant by variant. table.md ends with the
+    `reference` variant (a label; default the last variant, where a results table puts the proposed method)
+    against each other one (paired_table); errors about it name `option`."""
     import json
 
     from smec_fast.trainer import train
@@ -110,6 +112,10 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
         if key in base:
             raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each cell; use --methods, "
                               f"--noise-rates, --seeds and --out")
+    labels = [variant.label for variant in variants]
+    reference = labels[-1] if reference is None else reference
+    if reference not in labels:
+        raise ConfigError(f"{option}: no variant is labelled {reference!r} (labels: {', '.join(labels)})")
     grid = [(variant, rate, seed) for variant in variants for rate in noise_rates for seed in seeds]
     configs = {}  # (label, rate, seed) -> the cell's config, all validated before the first cell trains
     for variant, rate, seed in grid:
@@ -143,9 +149,9 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
                       "git": metrics.get("environment", {}).get("git")})
         class_names = metrics["class_names"]
     result = {"command": command, "git": revision, "base": base, "class_names": class_names,
-              "cells": cells}
+              "reference": reference, "cells": cells}
     atomic_write_json(out / "sweep.json", result)
-    paired = paired_table(result)
+    paired = paired_table(result, reference)
     atomic_write_text(out / "table.md", markdown_table(result) + (f"\n{paired}" if paired else ""))
     save_noise_plot(result, out / "balanced_accuracy.png")
     save_curve_plot(result, out / "curves.png")
@@ -227,21 +233,15 @@ PAIRED = (("final_accuracy", "Final acc.", 2), ("final_balanced_accuracy", "Bala
           ("auroc", "Noise AUROC", 3))  # (the cell's figure, column, digits)
 
 
-def paired_table(result: dict, reference: str | None = None) -> str:
-    """The reference variant (default: the one labelled "smec", else the first SMEC variant) minus every other
-    variant, seed by seed at each noise rate, as paired_difference gives it, on the seeds both finished: with
-    few seeds, how many of them agree says more than two means with their spreads. "" where the sweep has no
-    such reference or nothing to compare it with."""
-    labels = list(dict.fromkeys(c["label"] for c in result["cells"]))
-    if reference is None:
-        smec = [c["label"] for c in result["cells"] if c["method"] == "smec"]
-        reference = "smec" if "smec" in labels else (smec[0] if smec else None)
-    if reference not in labels or len(labels) < 2:
-        return ""
+def paired_table(result: dict, reference: str) -> str:
+    """The variant labelled `reference` minus every other variant, seed by seed at each noise rate, as
+    paired_difference gives it, on the seeds both finished: with few seeds, how many of them agree says more
+    than two means with their spreads. "" where the sweep has no other variant to compare it with."""
 
     def figure(cell: dict, key: str) -> float | None:
         return (cell.get("label_audit") or {}).get("auroc") if key == "auroc" else cell.get(key)
 
+    labels = list(dict.fromkeys(c["label"] for c in result["cells"]))
     grouped = groups(result)
     lines = [f"{reference} minus each variant, seed by seed, then the mean; in brackets: on how many of the seeds "
              f"{reference} is above, and from two seeds on the mean difference in seed spreads (the mean of the "
@@ -257,9 +257,9 @@ def paired_table(result: dict, reference: str | None = None) -> str:
                 continue
             columns = []
             for key, _, digits in PAIRED:
-                both = [s for s in seeds if figure(ours[s], key) is not None and figure(theirs[s], key) is not None]
-                columns.append(paired_difference([figure(ours[s], key) for s in both],
-                                                 [figure(theirs[s], key) for s in both], digits))
+                pairs = [(figure(ours[s], key), figure(theirs[s], key)) for s in seeds]
+                present = [(a, b) for a, b in pairs if a is not None and b is not None]
+                columns.append(paired_difference([a for a, _ in present], [b for _, b in present], digits))
             lines.append(f"| {label} | {100 * rate:g} | {', '.join(map(str, seeds))} | " + " | ".join(columns)
                          + " |")
     return "\n".join(lines) + "\n" if len(lines) > 4 else ""

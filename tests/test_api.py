@@ -137,6 +137,8 @@ def test_bad_input_raises_the_projects_errors_and_writes_nothing(trained, tmp_pa
         (lambda: smec_fast.sweep(methods="ce", noise_rates=[0.2], seeds="one", out=tmp_path / "f"),
          smec_fast.ConfigError, r"^sweep\(\) seeds must be a comma-separated list of integers, got 'one'"),
         (lambda: smec_fast.read_sweep(tmp_path / "e"), smec_fast.DataError, "sweep.json: no such file"),
+        (lambda: smec_fast.sweep(methods="ce", noise_rates=[0.2], reference="smec", out=tmp_path / "f"),
+         smec_fast.ConfigError, r"^sweep\(\) reference: no variant is labelled 'smec' \(labels: ce\)"),
     ]
     for call, kind, message in cases:
         with pytest.raises(kind, match=message):
@@ -155,6 +157,7 @@ def test_sweep_runs_a_grid_and_read_sweep_gives_its_cells(tmp_path):
     cells = smec_fast.read_sweep(tmp_path / "grid")
     assert [c["label"] for c in cells] == ["ce", "elr"] == [c["label"] for c in table["cells"]]
     assert cells == json.loads(json.dumps(table["cells"]))
+    assert table["reference"] == "elr" and "| ce | 20 | 0 |" in (tmp_path / "grid" / "table.md").read_text()
 
 
 def test_the_api_is_what_the_package_exports():

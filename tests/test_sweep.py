@@ -46,14 +46,14 @@ def test_paired_table_puts_smec_against_each_variant_seed_by_seed():
     cells = [cell("ce", "ce", 0, 50.0, 0.7), cell("ce", "ce", 1, 52.0, 0.8), cell("ce", "ce", 2, 40.0, 0.6),
              cell("split4", "smec", 0, 53.0, 0.9), cell("split4", "smec", 1, 51.0, 0.9),
              cell("ce", "ce", 0, 30.0, rate=0.0)]  # no SMEC run at 0 %: no row there
-    table = paired_table({"cells": cells})
+    table = paired_table({"cells": cells}, "split4")
     # seeds 0, 1 (seed 2 has no SMEC run): differences +3, -1 -> +1.00, above on 1 of 2; sample std of both pairs
     # (53, 51) and (50, 52) is 1.414, so +1.00 / 1.414 = +0.7 spreads. AUROC: +0.2, +0.1, std (0, 0.0707).
     assert ("| ce | 40 | 0, 1 | +1.00 (1 of 2; +0.7 spreads) | +1.00 (1 of 2; +0.7 spreads) | - | "
             "+1.00 (1 of 2; +0.7 spreads) | +0.150 (2 of 2; +4.2 spreads) |") in table
     assert table.startswith("split4 minus each variant") and "| ce | 0 |" not in table
-    assert paired_table({"cells": cells}, reference="ce").count("| split4 | 40 | 0, 1 | -1.00 (1 of 2") == 1
-    assert paired_table({"cells": [c for c in cells if c["method"] == "ce"]}) == ""
+    assert paired_table({"cells": cells}, "ce").count("| split4 | 40 | 0, 1 | -1.00 (1 of 2") == 1
+    assert paired_table({"cells": [c for c in cells if c["method"] == "ce"]}, "ce") == ""
     assert paired_difference([2.0], [1.0]) == "+1.00 (1 of 1)"
     assert paired_difference([2.0, 2.0], [1.0, 1.0]) == "+1.00 (2 of 2; no spread)"
     assert paired_difference([], []) == "-"
@@ -112,9 +112,11 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("option, value, message", [
     ("--seeds", "0,1,0", "--seeds: values repeat"),
     ("--noise-rates", "0.4,0.401", "--noise-rates: rates that round to the same percentage"),
+    ("--reference", "smec", "--reference: no variant is labelled 'smec' (labels: ce)"),
 ])
 def test_sweep_refuses_cells_that_would_share_a_folder(tmp_path, capsys, option, value, message):
-    argv = ["sweep", "--methods", "ce", "--noise-rates", "0", "--seeds", "0", "--out", str(tmp_path / "s"), *TINY]
+    argv = ["sweep", "--methods", "ce", "--noise-rates", "0", "--seeds", "0", "--reference", "ce",
+            "--out", str(tmp_path / "s"), *TINY]
     argv[argv.index(option) + 1] = value
     assert main(argv) == 2
     assert message in capsys.readouterr().err
