@@ -104,7 +104,7 @@ python3 "$here/baselines.py" "$here"
 plateau=smec,eac,elr,ce,scn,eac:recipe=official:label=eac-official,scn:recipe=official:label=scn-official
 plateau=$plateau,rul:recipe=official:label=rul-official
 for seeds in 0 0,1 0,1,2; do
-  $SMEC sweep --methods $plateau --noise-rates 0.4 --seeds $seeds --out "$here/plateau" "${faces[@]}" \
+  $SMEC sweep --methods $plateau --noise-rates 0.4 --seeds $seeds --reference smec --out "$here/plateau" "${faces[@]}" \
     --image-size $SIZE --epochs 30
   python3 "$here/plateau.py" extend "$here" --seeds $seeds > "$WORK/extend.txt"
   while read -r variant seed; do
@@ -115,8 +115,8 @@ for seeds in 0 0,1 0,1,2; do
   # 8. after seed 0: SMEC's CAM fine enough to split, 192 px (layer4 maps 6 x 6, the halves' 6 x 3 tile them
   #    without a resize), from the same backbone and faces, 20 epochs; the 96 px twins are plateau/ cut at 20.
   if [ "$seeds" = 0 ]; then
-    $SMEC sweep --methods smec,eac,elr --noise-rates 0.4 --seeds 0 --out "$here/size192" "${faces[@]}" \
-      --image-size 192 --epochs 20
+    $SMEC sweep --methods smec,eac,elr --noise-rates 0.4 --seeds 0 --reference smec --out "$here/size192" \
+      "${faces[@]}" --image-size 192 --epochs 20
     python3 "$here/plateau.py" table "$here"
   fi
 done
@@ -124,6 +124,6 @@ done
 #    10-epoch runs' seed spread on the best accuracy (-1.23 to +0.95 points; spread 0.48) and the
 #    validation-selected one (-0.50 to -2.93; spread 0.75), not on the final (+0.89 to +1.00; 0.54) or
 #    balanced accuracy (-0.10 to -0.34; 0.46). The sweep trains seed by seed.
-$SMEC sweep --methods smec,eac,elr --noise-rates 0.4 --seeds 0,1,2 --out "$here/size192" "${faces[@]}" \
-  --image-size 192 --epochs 20
+$SMEC sweep --methods smec,eac,elr --noise-rates 0.4 --seeds 0,1,2 --reference smec --out "$here/size192" \
+  "${faces[@]}" --image-size 192 --epochs 20
 python3 "$here/plateau.py" table "$here"
