@@ -44,7 +44,7 @@ def _write_via_temp(path: Path, write) -> None:
 
 
 def export_model(trained: TrainedModel, fmt: str, out: str | Path) -> Path:
-    """Write the model in `fmt` (torchscript | onnx) to `out`, plus `out` + `.json` with its metadata."""
+    """Write the model in `fmt` (pt2 | onnx | torchscript) to `out`, plus `out` + `.json` with its metadata."""
     import torch
 
     from smec_fast.data.images import IMAGENET_MEAN, IMAGENET_STD
