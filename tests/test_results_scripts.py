@@ -29,7 +29,8 @@ def test_the_experiment_scripts_parse(script):
     assert checked.returncode == 0, checked.stderr
 
 
-def fake_run(root, folder, label, seed, test, val, auroc=0.8, relabel=None, checkpoint=False, cpu=None):
+def fake_run(root, folder, label, seed, test, val, auroc=0.8, relabel=None, checkpoint=False, cpu=None,
+             exist_ok=False):
     """A finished run's folder: metrics.json whose history has these test and validation accuracies."""
     history = []
     for e, (t, v) in enumerate(zip(test, val)):
@@ -39,7 +40,7 @@ def fake_run(root, folder, label, seed, test, val, auroc=0.8, relabel=None, chec
         history.append({"epoch": e + 1, "train": train, "val": {"accuracy": v, "balanced_accuracy": v - 5},
                         "test": {"accuracy": t, "balanced_accuracy": t - 10}})
     cell = root / folder / label / "noise40" / f"seed{seed}"
-    cell.mkdir(parents=True)
+    cell.mkdir(parents=True, exist_ok=exist_ok)
     metrics = {"history": history, "config": {"seed": seed}, "label_audit": {"auroc": auroc}}
     if cpu is not None:
         metrics["environment"] = {"cpu": cpu}
@@ -78,6 +79,14 @@ def test_plateau_cuts_each_run_at_every_epoch_count_and_extends_the_unpeaked(tmp
     assert "## After 45 epochs" not in text
     assert "| EAC | shared | 0 | 30 | 5 (50.00) | 5 (50.00) | not recorded |" in text
     assert (tmp_path / "plateau.png").stat().st_size > 0
+
+    # SMEC seed 0 continued to 45 epochs stands in for its 30-epoch run, which keeps its AUROC at 30
+    fake_run(tmp_path, "plateau45", "smec", 0, rising + [70.0] * 15, rising + [70.0] * 15, auroc=0.5, exist_ok=True)
+    text = plateau.write_tables(tmp_path)
+    assert "| 0.800 ± 0.141 |" in text.split("## After 30 epochs")[1].split("##")[0]
+    assert "| SMEC | shared (the paper's) | 0 | 70.00 | 60.00 | 70.00 | 70.00 | 0.500 |" \
+        in text.split("## After 45 epochs")[1].split("##")[0]
+    assert "| SMEC | shared (the paper's) | 0 | 45 | 31 (70.00) | 31 (70.00) | not recorded |" in text
 
 
 def test_plateau_shows_192_px_beside_its_96_px_twins_and_scn_relabelling(tmp_path):

@@ -80,8 +80,15 @@ def at_cut(metrics: dict, cut: int) -> dict | None:
         "best": best["test"]["accuracy"],
         "best_epoch": best["epoch"],
         "selected_epoch": chosen["epoch"] if chosen else None,
-        "auroc": (metrics.get("label_audit") or {}).get("auroc") if cut == len(metrics["history"]) else None,
+        "auroc": audits(metrics).get(cut),
     }
+
+
+def audits(metrics: dict) -> dict[int, float]:
+    """epoch count -> the label audit's noise AUROC of the run stopped there: its own last epoch's and, for a run
+    continued from a shorter one (merged), the shorter run's."""
+    own = (metrics.get("label_audit") or {}).get("auroc")
+    return {**metrics.get("earlier_audits", {}), **({len(metrics["history"]): own} if own is not None else {})}
 
 
 def fmt(values: list[float | None], digits: int = 2) -> str:
@@ -229,11 +236,13 @@ def repeat_table(root: Path, plateau: dict[str, list[dict]]) -> str:
 
 
 def merged(base: dict[str, list[dict]], longer: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Each label's runs, a continued run (plateau45/) standing in for its 30-epoch one (the same first epochs)."""
+    """Each label's runs, a continued run (plateau45/) standing in for its 30-epoch one (the same first epochs)
+    and keeping that run's label audit as its figure at 30 epochs."""
     out = {}
     for label, cells in base.items():
         extra = {m["config"]["seed"]: m for m in longer.get(label, [])}
-        out[label] = [extra.get(m["config"]["seed"], m) for m in cells]
+        out[label] = [{**extra[m["config"]["seed"]], "earlier_audits": audits(m)} if m["config"]["seed"] in extra
+                      else m for m in cells]
     return out
 
 
