@@ -127,21 +127,20 @@ def run_sweep(base: dict, variants: list[Variant], noise_rates: list[float], see
     if len(set(folders)) != len(folders):
         raise ConfigError(f"--noise-rates: rates that round to the same percentage would share a folder "
                           f"({', '.join(map(str, noise_rates))})")
-    finished = {}
+    finished = {}  # (label, rate, seed) -> the cell's metrics
     training_order = [(variant, rate, seed) for seed in seeds for rate in noise_rates for variant in variants]
     for i, (variant, rate, seed) in enumerate(training_order, start=1):
         cfg = configs[variant.label, rate, seed]
         metrics_path = Path(cfg.out) / "metrics.json"
         if metrics_path.exists():
             log.info("[%d/%d] %s noise %.2f seed %d: done, skipped", i, len(configs), variant.label, rate, seed)
-            finished[cfg.out] = json.loads(metrics_path.read_text())
+            finished[variant.label, rate, seed] = json.loads(metrics_path.read_text())
         else:
             log.info("[%d/%d] %s noise %.2f seed %d", i, len(configs), variant.label, rate, seed)
-            finished[cfg.out] = train(cfg)
+            finished[variant.label, rate, seed] = train(cfg)
     cells = []
     for variant, rate, seed in grid:
-        cfg = configs[variant.label, rate, seed]
-        metrics = finished[cfg.out]
+        cfg, metrics = configs[variant.label, rate, seed], finished[variant.label, rate, seed]
         cells.append({"label": variant.label, "method": variant.method, "overrides": variant.overrides,
                       "noise_rate": rate, "seed": seed, "out": cfg.out,
                       **{k: metrics[k] for k in CELL_KEYS if k in metrics},
@@ -228,6 +227,13 @@ def paired_difference(mine: list[float], theirs: list[float], digits: int = 2) -
     return text + ")"
 
 
+def paired_by_seed(mine: dict[int, float | None], theirs: dict[int, float | None], digits: int = 2) -> str:
+    """paired_difference of two rows given as seed -> figure, on the seeds where both have the figure."""
+    pairs = [(a, b) for s in sorted(mine.keys() & theirs.keys())
+             if (a := mine[s]) is not None and (b := theirs[s]) is not None]
+    return paired_difference([a for a, _ in pairs], [b for _, b in pairs], digits)
+
+
 PAIRED = (("final_accuracy", "Final acc.", 2), ("final_balanced_accuracy", "Balanced acc.", 2),
           ("selected_accuracy", "Selected acc.", 2), ("best_accuracy", "Best acc.", 2),
           ("auroc", "Noise AUROC", 3))  # (the cell's figure, column, digits)
@@ -235,7 +241,7 @@ PAIRED = (("final_accuracy", "Final acc.", 2), ("final_balanced_accuracy", "Bala
 
 def paired_table(result: dict, reference: str) -> str:
     """The variant labelled `reference` minus every other variant, seed by seed at each noise rate, as
-    paired_difference gives it, on the seeds both finished: with few seeds, how many of them agree says more
+    paired_by_seed gives it, on the seeds both finished: with few seeds, how many of them agree says more
     than two means with their spreads. "" where the sweep has no other variant to compare it with."""
 
     def figure(cell: dict, key: str) -> float | None:
@@ -255,11 +261,9 @@ def paired_table(result: dict, reference: str) -> str:
             seeds = sorted(ours.keys() & theirs.keys())
             if label == reference or not seeds:
                 continue
-            columns = []
-            for key, _, digits in PAIRED:
-                pairs = [(figure(ours[s], key), figure(theirs[s], key)) for s in seeds]
-                present = [(a, b) for a, b in pairs if a is not None and b is not None]
-                columns.append(paired_difference([a for a, _ in present], [b for _, b in present], digits))
+            columns = [paired_by_seed({s: figure(ours[s], key) for s in seeds},
+                                      {s: figure(theirs[s], key) for s in seeds}, digits)
+                       for key, _, digits in PAIRED]
             lines.append(f"| {label} | {100 * rate:g} | {', '.join(map(str, seeds))} | " + " | ".join(columns)
                          + " |")
     return "\n".join(lines) + "\n" if len(lines) > 4 else ""

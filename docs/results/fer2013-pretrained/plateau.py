@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ablations import fmt as ablation_fmt
 
-from smec_fast.sweeps import paired_difference
+from smec_fast.sweeps import paired_by_seed
 
 RATE = "noise40"
 # label -> (row name, recipe, the `smec-fast sweep --methods` variant that trains it)
@@ -123,7 +123,7 @@ def figures_table(rows: list[tuple[str, str, list[dict]]], cut: int) -> str:
 
 def against_table(reference: tuple[str, list[dict]], others: list[tuple[str, str, list[dict]]], cut: int) -> str:
     """One row per other method: the reference row's figures minus its, at `cut` epochs, metric by metric
-    (paired_difference), on the seeds both ran to it (and, for each metric, have it); rows with no common seed
+    (paired_by_seed), on the seeds both ran to it (and, for each metric, have it); rows with no common seed
     at that cut are left out."""
     name, mine = reference
     ours = cut_by_seed(mine, cut)
@@ -134,10 +134,8 @@ def against_table(reference: tuple[str, list[dict]], others: list[tuple[str, str
         seeds = sorted(ours.keys() & them.keys())
         if not seeds:
             continue
-        cells = []
-        for key, _, digits in METRICS:
-            both = [s for s in seeds if ours[s][key] is not None and them[s][key] is not None]
-            cells.append(paired_difference([ours[s][key] for s in both], [them[s][key] for s in both], digits))
+        cells = [paired_by_seed({s: ours[s][key] for s in seeds}, {s: them[s][key] for s in seeds}, digits)
+                 for key, _, digits in METRICS]
         lines.append(f"| {other} | {recipe} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ""
