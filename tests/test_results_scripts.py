@@ -150,6 +150,22 @@ def test_plateau_curves_give_a_method_one_colour_and_dash_its_second_line(tmp_pa
     assert colour == eac_colour != smec_colour
 
 
+def test_plateau_curves_dot_the_epochs_only_a_continued_run_reaches(tmp_path):
+    plateau = load("plateau")
+    fake_run(tmp_path, "plateau", "smec", 0, [50.0] * 12, [50.0] * 12)
+    fake_run(tmp_path, "plateau", "smec", 1, [52.0] * 15, [52.0] * 15)
+    fake_run(tmp_path, "plateau", "eac", 0, [48.0] * 12, [48.0] * 12)
+    fake_run(tmp_path, "plateau", "eac", 1, [49.0] * 12, [49.0] * 12)
+    rows = plateau.ordered(plateau.runs(tmp_path / "plateau"))
+    drawn = plateau.plot_curves([(f"{name}, {recipe}", cells, False) for name, recipe, cells in rows],
+                                tmp_path / "c.png", "title")
+    assert [(label, style) for label, style, _ in drawn] == [
+        ("SMEC, shared (the paper's) (seeds 0,1)", "-"),
+        ("SMEC, shared (the paper's), epochs 13-15 (seed 1)", ":"),
+        ("EAC, shared (seeds 0,1)", "-")]
+    assert drawn[0][2] == drawn[1][2] != drawn[2][2]
+
+
 def test_plateau_leaves_out_a_seed_until_every_variant_has_finished_it(tmp_path):
     plateau = load("plateau")
     fake_run(tmp_path, "plateau", "smec", 0, [60.0] * 30, [60.0] * 30)

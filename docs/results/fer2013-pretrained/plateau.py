@@ -252,8 +252,10 @@ def plot_curves(series: list[tuple[str, list[dict], bool]], path: Path, title: s
                 cut: int | None = 10) -> list[tuple[str, str, str]]:
     """Test accuracy by epoch, mean (line) and min-max over seeds (band), one line per (name, runs, dashed); a
     method's lines share a colour (a method is what its name has before the first comma), the dashed one (its
-    authors' recipe, or the other image size) told apart by its style. The legend stands right of the axes, clear
-    of the lines. Returns each line's (legend label, line style, colour)."""
+    authors' recipe, or the other image size) told apart by its style. Epochs that only some of the runs reach
+    (a run continued to 45) are drawn dotted and named in the legend, so that a mean over fewer seeds does not
+    pass for one over all. The legend stands right of the axes, clear of the lines. Returns each line's (legend
+    label, line style, colour), the dotted continuations included."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,6 +267,7 @@ def plot_curves(series: list[tuple[str, list[dict], bool]], path: Path, title: s
     drawn = []
     for name, cells, dashed in series:
         epochs = max(len(m["history"]) for m in cells)
+        shared = min(len(m["history"]) for m in cells)  # the epochs every run reaches
         xs, mean, low, high = [], [], [], []
         for e in range(epochs):
             values = [m["history"][e]["test"]["accuracy"] for m in cells if len(m["history"]) > e]
@@ -274,10 +277,17 @@ def plot_curves(series: list[tuple[str, list[dict], bool]], path: Path, title: s
             high.append(max(values))
         seeds = ",".join(str(m["config"]["seed"]) for m in cells)
         colour = colours.setdefault(name.split(",")[0], palette[len(colours) % len(palette)])
-        line, = ax.plot(xs, mean, label=f"{name} (seed{'s' if len(cells) > 1 else ''} {seeds})", lw=1.6,
-                        ls="--" if dashed else "-", color=colour)
-        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, lw=0)
-        drawn.append((line.get_label(), line.get_linestyle(), line.get_color()))
+        line, = ax.plot(xs[:shared], mean[:shared], label=f"{name} (seed{'s' if len(cells) > 1 else ''} {seeds})",
+                        lw=1.6, ls="--" if dashed else "-", color=colour)
+        ax.fill_between(xs, low, high, color=colour, alpha=0.15, lw=0)
+        drawn.append((line.get_label(), line.get_linestyle(), colour))
+        if epochs > shared:  # from the last shared epoch on, so that the two pieces join
+            longer = [m for m in cells if len(m["history"]) > shared]
+            more = ",".join(str(m["config"]["seed"]) for m in longer)
+            tail, = ax.plot(xs[shared - 1:], mean[shared - 1:], ls=":", lw=1.6, color=colour,
+                            label=f"{name}, epochs {shared + 1}-{epochs} (seed{'s' if len(longer) > 1 else ''} "
+                                  f"{more})")
+            drawn.append((tail.get_label(), tail.get_linestyle(), colour))
     if cut is not None:
         ax.axvline(cut, color="grey", ls="--", lw=1)
         ax.text(cut + 0.2, ax.get_ylim()[0] + 0.5, f"{cut}-epoch runs stop here", color="grey", fontsize=8)
