@@ -170,6 +170,11 @@ def _fmt(values: list[float | None], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(present) > 1 else f"{mean:.{digits}f}"
 
 
+def audit_auroc(run: dict) -> float | None:
+    """The noise AUROC of a run's label audit, from a sweep.json cell or a run's metrics.json; None without one."""
+    return (run.get("label_audit") or {}).get("auroc")
+
+
 def groups(result: dict) -> dict[tuple[str, float], list[dict]]:
     """Cells grouped by (label, noise rate), in sweep order."""
     grouped: dict[tuple[str, float], list[dict]] = {}
@@ -205,7 +210,7 @@ def markdown_table(result: dict) -> str:
             if not cells:
                 continue
             per_class = [_fmt([c["per_class_accuracy"].get(n) for c in cells]) for n in names]
-            found = _fmt([c.get("label_audit", {}).get("auroc") for c in cells], digits=3)
+            found = _fmt([audit_auroc(c) for c in cells], digits=3)
             lines.append(f"| {label} | {100 * rate:g} | {_fmt([c['final_balanced_accuracy'] for c in cells])} | "
                          f"{_fmt([c['best_accuracy'] for c in cells])} | {_fmt([c['final_accuracy'] for c in cells])} | "
                          f"{_fmt([c.get('selected_accuracy') for c in cells])} | {found} | "
@@ -245,7 +250,7 @@ def paired_table(result: dict, reference: str) -> str:
     than two means with their spreads. "" where the sweep has no other variant to compare it with."""
 
     def figure(cell: dict, key: str) -> float | None:
-        return (cell.get("label_audit") or {}).get("auroc") if key == "auroc" else cell.get(key)
+        return audit_auroc(cell) if key == "auroc" else cell.get(key)
 
     labels = list(dict.fromkeys(c["label"] for c in result["cells"]))
     grouped = groups(result)

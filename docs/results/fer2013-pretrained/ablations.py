@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from smec_fast.sweeps import audit_auroc
+
 ROWS = (  # (sweep folder, cell label, row name, paper's claim it tests)
     ("noise40", "smec", "SMEC, left-right halves (1x2, the paper's)", "reference"),
     ("split", "smec-top-bottom", "SMEC, top-bottom halves (2x1)", "Table 3"),
@@ -29,7 +31,7 @@ COLUMNS = (  # (name, how to read it from a cell)
     ("balanced acc.", lambda c: c["final_balanced_accuracy"]),
     ("selected acc.", lambda c: c.get("selected_accuracy")),
     ("best acc.", lambda c: c["best_accuracy"]),
-    ("noise AUROC", lambda c: (c.get("label_audit") or {}).get("auroc")),
+    ("noise AUROC", audit_auroc),
 )
 
 

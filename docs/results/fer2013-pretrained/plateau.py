@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ablations import fmt as ablation_fmt
 
-from smec_fast.sweeps import paired_by_seed
+from smec_fast.sweeps import audit_auroc, paired_by_seed
 
 RATE = "noise40"
 # label -> (row name, recipe, the `smec-fast sweep --methods` variant that trains it)
@@ -87,7 +87,7 @@ def at_cut(metrics: dict, cut: int) -> dict | None:
 def audits(metrics: dict) -> dict[int, float]:
     """epoch count -> the label audit's noise AUROC of the run stopped there: its own last epoch's and, for a run
     continued from a shorter one (merged), the shorter run's."""
-    own = (metrics.get("label_audit") or {}).get("auroc")
+    own = audit_auroc(metrics)
     return {**metrics.get("earlier_audits", {}), **({len(metrics["history"]): own} if own is not None else {})}
 
 
