@@ -248,6 +248,11 @@ def ordered(found: dict[str, list[dict]]) -> list[tuple[str, str, list[dict]]]:
     return [(VARIANTS[label][0], VARIANTS[label][1], found[label]) for label in VARIANTS if label in found]
 
 
+def seeds_of(runs: list[dict]) -> str:
+    """'seed 1' or 'seeds 0,1,2': the seeds of the runs a line averages, for its legend label."""
+    return f"seed{'s' if len(runs) > 1 else ''} " + ",".join(str(m["config"]["seed"]) for m in runs)
+
+
 def plot_curves(series: list[tuple[str, list[dict], bool]], path: Path, title: str,
                 cut: int | None = 10) -> list[tuple[str, str, str]]:
     """Test accuracy by epoch, mean (line) and min-max over seeds (band), one line per (name, runs, dashed); a
@@ -275,18 +280,15 @@ def plot_curves(series: list[tuple[str, list[dict], bool]], path: Path, title: s
             mean.append(statistics.fmean(values))
             low.append(min(values))
             high.append(max(values))
-        seeds = ",".join(str(m["config"]["seed"]) for m in cells)
         colour = colours.setdefault(name.split(",")[0], palette[len(colours) % len(palette)])
-        line, = ax.plot(xs[:shared], mean[:shared], label=f"{name} (seed{'s' if len(cells) > 1 else ''} {seeds})",
+        line, = ax.plot(xs[:shared], mean[:shared], label=f"{name} ({seeds_of(cells)})",
                         lw=1.6, ls="--" if dashed else "-", color=colour)
         ax.fill_between(xs, low, high, color=colour, alpha=0.15, lw=0)
         drawn.append((line.get_label(), line.get_linestyle(), colour))
         if epochs > shared:  # from the last shared epoch on, so that the two pieces join
             longer = [m for m in cells if len(m["history"]) > shared]
-            more = ",".join(str(m["config"]["seed"]) for m in longer)
             tail, = ax.plot(xs[shared - 1:], mean[shared - 1:], ls=":", lw=1.6, color=colour,
-                            label=f"{name}, epochs {shared + 1}-{epochs} (seed{'s' if len(longer) > 1 else ''} "
-                                  f"{more})")
+                            label=f"{name}, epochs {shared + 1}-{epochs} ({seeds_of(longer)})")
             drawn.append((tail.get_label(), tail.get_linestyle(), colour))
     if cut is not None:
         ax.axvline(cut, color="grey", ls="--", lw=1)
